@@ -1,0 +1,1 @@
+"""pmemd: a per-guest Xen device model for virtual NVDIMMs."""

@@ -1,0 +1,354 @@
+"""Guest configuration: a TOML file, validated into frozen dataclasses.
+
+Every rule failure raises `ConfigError` naming the field (as a dotted path, e.g.
+`nvdimm[1].label_size`) and the rule, so an operator can fix the file from one line.
+Validation is hand-written rather than delegated to a schema library: the rules are
+cross-field (overlaps, alignment, placement) and a validator package would add
+~150 ms of import time to a daemon the toolstack starts per guest.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from acpi.dsm_buffer import DEFAULT_NOTIFY_PORT, NOTIFY_WIDTH, PAGE_SIZE
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+TiB = 1 << 40
+FOUR_GIB = 4 * GiB
+
+MIN_LABEL_SIZE = 128 * KiB
+PMEM_ALIGN = 2 * MiB
+AUTO_ALIGN = GiB  # libxl/QEMU place hotplug memory on 1 GiB boundaries
+MAX_SLOTS = 256  # NVxx names carry the slot in two hex digits
+MAX_GPA = 1 << 48  # guest physical address width we accept
+DOMID_FIRST_RESERVED = 0x7FF0
+MAX_VCPUS = 128  # one ioreq slot per vCPU in the shared page
+PLATFORM_RESERVED_START = 0xFC000000  # hvmloader's special pages, LAPIC, IOAPIC, HPET
+DEFAULT_MMIO_HOLE = 256 * MiB
+DEFAULT_MMIO_DSM_PAGE = PLATFORM_RESERVED_START - PAGE_SIZE
+
+DsmMode = Literal["mmio", "ram"]
+Persistence = Literal["cpu", "mem-ctrl"]
+
+
+class ConfigError(ValueError):
+    """A configuration value breaks a rule; the message names the field."""
+
+    def __init__(self, field_name: str, rule: str) -> None:
+        super().__init__(f"{field_name}: {rule}")
+        self.field = field_name
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """The guest's memory map: RAM below 4 GiB, the MMIO hole, RAM above 4 GiB."""
+
+    lowmem: int
+    highmem: int
+    vcpus: int
+    mmio_hole: int
+
+    @property
+    def mmio_hole_start(self) -> int:
+        return FOUR_GIB - self.mmio_hole
+
+    @property
+    def highmem_end(self) -> int:
+        return FOUR_GIB + self.highmem
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        """RAM as [start, end) ranges."""
+        ranges = [(0, self.lowmem)]
+        if self.highmem:
+            ranges.append((FOUR_GIB, self.highmem_end))
+        return ranges
+
+
+@dataclass(frozen=True)
+class DsmConfig:
+    mode: DsmMode
+    page: int
+    notify_port: int
+
+
+@dataclass(frozen=True)
+class XenConfig:
+    hypervisor: str  # socket path of the (simulated) hypervisor, or "embedded"
+    xenstore: str  # socket path of xenstored, or "embedded"
+
+
+@dataclass(frozen=True)
+class NvdimmConfig:
+    """One virtual NVDIMM backed by a file; labels live in its last `label_size` bytes."""
+
+    backing: Path
+    size: int
+    label_size: int
+    slot: int
+    node: int
+    unarmed: bool
+    address: int
+    flush_hint: int | None
+    serial: int
+
+    @property
+    def pmem_size(self) -> int:
+        """Guest-visible persistent memory: the backing file less its label area."""
+        return self.size - self.label_size
+
+    @property
+    def end(self) -> int:
+        return self.address + self.pmem_size
+
+
+@dataclass(frozen=True)
+class Config:
+    domid: int
+    guest: GuestConfig
+    dsm: DsmConfig
+    xen: XenConfig
+    qmp_socket: Path
+    persistence: Persistence | None
+    nvdimms: tuple[NvdimmConfig, ...] = field(default_factory=tuple)
+    source: Path | None = None
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
+
+
+def parse_size(value: Any, field_name: str) -> int:
+    """A byte count from an integer or a string such as "128K", "2M", "1GiB"."""
+    if isinstance(value, bool):
+        raise ConfigError(field_name, f"expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(field_name, f"size must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    raise ConfigError(field_name, f"expected a size such as 4096, \"128K\" or \"1G\", got {value!r}")
+
+
+def parse_int(value: Any, field_name: str, lo: int, hi: int) -> int:
+    """An integer (or a "0x..." string) within [lo, hi]."""
+    if isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            raise ConfigError(field_name, f"expected an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field_name, f"expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(field_name, f"must be between {lo:#x} and {hi:#x}, got {value:#x}")
+    return value
+
+
+def load(path: str | Path, *, domid: int | None = None) -> Config:
+    """Read and validate a guest config file; `domid` overrides the file's value."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+    if domid is not None:
+        raw = {**raw, "domid": domid}
+    return from_mapping(raw, base_dir=path.parent, source=path)
+
+
+def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: Path | None = None) -> Config:
+    """Validate a parsed config (the TOML document as a mapping)."""
+    _reject_unknown(raw, {"domid", "guest", "dsm", "xen", "qmp", "platform", "nvdimm"}, "")
+    if "domid" not in raw:
+        raise ConfigError("domid", "is required")
+    domid = parse_int(raw["domid"], "domid", 1, DOMID_FIRST_RESERVED - 1)
+    guest = _guest(_table(raw, "guest"))
+    dsm = _dsm(_table(raw, "dsm"), guest)
+    xen = _xen(_table(raw, "xen"))
+    qmp = _table(raw, "qmp")
+    _reject_unknown(qmp, {"socket"}, "qmp")
+    qmp_socket = Path(str(qmp.get("socket", f"/var/run/xen/qmp-pmemd-{domid}")))
+    platform = _table(raw, "platform")
+    _reject_unknown(platform, {"persistence"}, "platform")
+    persistence = platform.get("persistence")
+    if persistence not in (None, "cpu", "mem-ctrl"):
+        raise ConfigError("platform.persistence", f"must be \"cpu\" or \"mem-ctrl\", got {persistence!r}")
+    entries = raw.get("nvdimm", [])
+    if not isinstance(entries, list):
+        raise ConfigError("nvdimm", "must be an array of tables ([[nvdimm]])")
+    nvdimms = _place_nvdimms([_nvdimm(e, i, base_dir) for i, e in enumerate(entries)], guest)
+    _check_nvdimm_overlaps(nvdimms, guest, dsm)
+    return Config(domid, guest, dsm, xen, qmp_socket, persistence, tuple(nvdimms), source)
+
+
+def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(name, "must be a table")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            name = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(name, f"unknown field (known: {', '.join(sorted(known))})")
+
+
+def _guest(t: Mapping[str, Any]) -> GuestConfig:
+    _reject_unknown(t, {"lowmem", "highmem", "vcpus", "mmio_hole"}, "guest")
+    mmio_hole = parse_size(t.get("mmio_hole", DEFAULT_MMIO_HOLE), "guest.mmio_hole")
+    if mmio_hole % (256 * MiB) or not 256 * MiB <= mmio_hole <= 3 * GiB:
+        raise ConfigError("guest.mmio_hole", "must be a multiple of 256 MiB between 256M and 3G")
+    lowmem = parse_size(t.get("lowmem", "1G"), "guest.lowmem")
+    if lowmem % PAGE_SIZE or lowmem < 16 * MiB:
+        raise ConfigError("guest.lowmem", "must be at least 16 MiB and a multiple of 4 KiB")
+    if lowmem > FOUR_GIB - mmio_hole:
+        raise ConfigError("guest.lowmem", f"must end below the MMIO hole at {FOUR_GIB - mmio_hole:#x}")
+    highmem = parse_size(t.get("highmem", 0), "guest.highmem")
+    if highmem % PAGE_SIZE or highmem > MAX_GPA // 2:
+        raise ConfigError("guest.highmem", "must be a multiple of 4 KiB and below 128 TiB")
+    vcpus = parse_int(t.get("vcpus", 1), "guest.vcpus", 1, MAX_VCPUS)
+    return GuestConfig(lowmem, highmem, vcpus, mmio_hole)
+
+
+def _dsm(t: Mapping[str, Any], guest: GuestConfig) -> DsmConfig:
+    _reject_unknown(t, {"mode", "page", "notify_port"}, "dsm")
+    mode = t.get("mode", "mmio")
+    if mode not in ("mmio", "ram"):
+        raise ConfigError("dsm.mode", f"must be \"mmio\" or \"ram\", got {mode!r}")
+    default_page = DEFAULT_MMIO_DSM_PAGE if mode == "mmio" else guest.lowmem - PAGE_SIZE
+    page = parse_int(t.get("page", default_page), "dsm.page", 0, FOUR_GIB - PAGE_SIZE)
+    if page % PAGE_SIZE:
+        raise ConfigError("dsm.page", f"must be 4 KiB aligned, got {page:#x}")
+    if mode == "mmio" and not guest.mmio_hole_start <= page < PLATFORM_RESERVED_START:
+        raise ConfigError(
+            "dsm.page",
+            f"in mmio mode must lie in the MMIO hole [{guest.mmio_hole_start:#x}, "
+            f"{PLATFORM_RESERVED_START:#x}), got {page:#x}",
+        )
+    if mode == "ram" and not page + PAGE_SIZE <= guest.lowmem:
+        raise ConfigError("dsm.page", f"in ram mode must lie in guest RAM below {guest.lowmem:#x}, got {page:#x}")
+    port = parse_int(t.get("notify_port", DEFAULT_NOTIFY_PORT), "dsm.notify_port", 0, 0xFFFF - NOTIFY_WIDTH + 1)
+    if port % NOTIFY_WIDTH:
+        raise ConfigError("dsm.notify_port", f"must be {NOTIFY_WIDTH}-byte aligned, got {port:#x}")
+    return DsmConfig(mode, page, port)
+
+
+def _xen(t: Mapping[str, Any]) -> XenConfig:
+    _reject_unknown(t, {"hypervisor", "xenstore"}, "xen")
+    values = {}
+    for key in ("hypervisor", "xenstore"):
+        value = t.get(key, "embedded")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"xen.{key}", f"must be a socket path or \"embedded\", got {value!r}")
+        values[key] = value
+    return XenConfig(**values)
+
+
+_NVDIMM_FIELDS = {
+    "backing", "size", "label_size", "slot", "node", "unarmed", "address", "flush_hint", "serial",
+}
+
+
+def _nvdimm(t: Any, index: int, base_dir: Path) -> NvdimmConfig:
+    name = f"nvdimm[{index}]"
+    if not isinstance(t, Mapping):
+        raise ConfigError(name, "must be a table")
+    _reject_unknown(t, _NVDIMM_FIELDS, name)
+    backing = t.get("backing")
+    if not isinstance(backing, str) or not backing:
+        raise ConfigError(f"{name}.backing", "is required: the path of the backing file")
+    if "size" not in t:
+        raise ConfigError(f"{name}.size", "is required: the backing file's size, labels included")
+    size = parse_size(t["size"], f"{name}.size")
+    label_size = parse_size(t.get("label_size", 0), f"{name}.label_size")
+    if label_size and label_size < MIN_LABEL_SIZE:
+        raise ConfigError(f"{name}.label_size", f"must be 0 or at least 128 KiB, got {label_size}")
+    if label_size % PAGE_SIZE:
+        raise ConfigError(f"{name}.label_size", f"must be a multiple of 4 KiB, got {label_size}")
+    pmem = size - label_size
+    if pmem <= 0:
+        raise ConfigError(f"{name}.size", f"must exceed label_size ({label_size}) to leave guest PMEM")
+    if pmem % PMEM_ALIGN:
+        raise ConfigError(
+            f"{name}.size",
+            f"size - label_size ({pmem:#x}) is the guest PMEM and must be a multiple of 2 MiB",
+        )
+    slot = parse_int(t.get("slot", index), f"{name}.slot", 0, MAX_SLOTS - 1)
+    node = parse_int(t.get("node", 0), f"{name}.node", 0, 0xFFFFFFFF)
+    unarmed = t.get("unarmed", False)
+    if not isinstance(unarmed, bool):
+        raise ConfigError(f"{name}.unarmed", f"must be true or false, got {unarmed!r}")
+    address_raw = t.get("address", "auto")
+    address = -1 if address_raw == "auto" else parse_int(address_raw, f"{name}.address", 0, MAX_GPA - 1)
+    if address >= 0 and address % PMEM_ALIGN:
+        raise ConfigError(f"{name}.address", f"must be 2 MiB aligned, got {address:#x}")
+    flush_hint = None
+    if "flush_hint" in t:
+        flush_hint = parse_int(t["flush_hint"], f"{name}.flush_hint", 0, FOUR_GIB - 8)
+        if flush_hint % 8:
+            raise ConfigError(f"{name}.flush_hint", f"must be 8-byte aligned, got {flush_hint:#x}")
+    serial = parse_int(t.get("serial", 0x504D0000 + slot), f"{name}.serial", 0, 0xFFFFFFFF)
+    path = Path(backing)
+    if not path.is_absolute():
+        path = base_dir / path
+    return NvdimmConfig(path, size, label_size, slot, node, unarmed, address, flush_hint, serial)
+
+
+def _place_nvdimms(nvdimms: list[NvdimmConfig], guest: GuestConfig) -> list[NvdimmConfig]:
+    """Give `address = "auto"` DIMMs a base: above high RAM and fixed DIMMs, 1 GiB aligned."""
+    seen: dict[int, int] = {}
+    for i, d in enumerate(nvdimms):
+        if d.slot in seen:
+            raise ConfigError(f"nvdimm[{i}].slot", f"slot {d.slot} is already used by nvdimm[{seen[d.slot]}]")
+        seen[d.slot] = i
+    cursor = max([guest.highmem_end] + [d.end for d in nvdimms if d.address >= 0])
+    placed = []
+    for d in sorted(nvdimms, key=lambda d: d.slot):
+        if d.address < 0:
+            base = -(-cursor // AUTO_ALIGN) * AUTO_ALIGN
+            d = replace(d, address=base)
+            cursor = d.end
+        placed.append(d)
+    order = {d.slot: i for i, d in enumerate(nvdimms)}
+    return sorted(placed, key=lambda d: order[d.slot])
+
+
+def _check_nvdimm_overlaps(nvdimms: list[NvdimmConfig], guest: GuestConfig, dsm: DsmConfig) -> None:
+    taken: list[tuple[int, int, str]] = [(s, e, "guest RAM") for s, e in guest.ram_ranges()]
+    taken.append((guest.mmio_hole_start, FOUR_GIB, "the MMIO hole"))
+    for i, d in enumerate(nvdimms):
+        name = f"nvdimm[{i}]"
+        if d.end > MAX_GPA:
+            raise ConfigError(f"{name}.address", f"range ends at {d.end:#x}, beyond the {MAX_GPA:#x} limit")
+        for start, end, what in taken:
+            if d.address < end and start < d.end:
+                raise ConfigError(
+                    f"{name}.address",
+                    f"range [{d.address:#x}, {d.end:#x}) overlaps {what} [{start:#x}, {end:#x})",
+                )
+        if d.address <= dsm.page < d.end:
+            raise ConfigError("dsm.page", f"{dsm.page:#x} lies inside {name}'s range")
+        if d.flush_hint is not None:
+            if not guest.mmio_hole_start <= d.flush_hint < PLATFORM_RESERVED_START:
+                raise ConfigError(f"{name}.flush_hint", "must lie in the MMIO hole, below the platform devices")
+            if dsm.page <= d.flush_hint < dsm.page + PAGE_SIZE:
+                raise ConfigError(f"{name}.flush_hint", "must not lie in the DSM page")
+            for j, other in enumerate(nvdimms[:i]):
+                if other.flush_hint == d.flush_hint:
+                    raise ConfigError(f"{name}.flush_hint", f"is already used by nvdimm[{j}]")
+        taken.append((d.address, d.end, name))

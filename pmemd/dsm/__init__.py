@@ -1,0 +1,1 @@
+"""_DSM dispatch and handlers: pure functions from a request to a reply."""
