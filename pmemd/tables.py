@@ -1,0 +1,50 @@
+"""The guest's firmware tables, built from its config: NFIT, SSDT and the NVDR body."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from acpi.layout import Dimm, DsmPage
+from acpi.nfit import build_nfit
+from acpi.ssdt import build_nvdr_body, build_ssdt
+from pmemd.config import Config
+
+
+@dataclass(frozen=True)
+class Tables:
+    nfit: bytes  # complete table (dm-acpi type 0)
+    ssdt: bytes  # complete table, for loaders that take whole tables
+    nvdr: bytes  # body of Device(NVDR) (dm-acpi type 1)
+
+    def files(self) -> dict[str, bytes]:
+        """Output file names and contents, as `pmemd acpi` writes them."""
+        return {"NFIT.bin": self.nfit, "SSDT.bin": self.ssdt, "NVDR.bin": self.nvdr}
+
+
+def dimms(config: Config) -> list[Dimm]:
+    """The config's NVDIMMs as the tables describe them (guest PMEM only, labels excluded)."""
+    return [
+        Dimm(
+            slot=d.slot,
+            address=d.address,
+            size=d.pmem_size,
+            node=d.node,
+            unarmed=d.unarmed,
+            serial=d.serial,
+            flush_hint=d.flush_hint,
+        )
+        for d in config.nvdimms
+    ]
+
+
+def dsm_page(config: Config) -> DsmPage:
+    return DsmPage(address=config.dsm.page, notify_port=config.dsm.notify_port)
+
+
+def build_tables(config: Config) -> Tables:
+    ds, page = dimms(config), dsm_page(config)
+    return Tables(
+        nfit=build_nfit(ds, config.persistence),
+        ssdt=build_ssdt(ds, page),
+        nvdr=build_nvdr_body(ds, page),
+    )
