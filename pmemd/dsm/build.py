@@ -1,0 +1,32 @@
+"""Assembling a guest's dispatcher from its configuration, with label stores injected.
+
+Opening stores is I/O and stays with the caller (`label_file.open_label_stores`), so
+building the dispatcher itself is pure and tests can inject `MemoryLabelStore`s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from acpi.dsm_buffer import ROOT_HANDLE
+
+from pmemd.config import Config
+
+from .devices import Dimm, Root, slot_to_handle
+from .dispatcher import Dispatcher, Target
+from .families import intel_dimm_functions, nfit_root_functions
+from .label_store import LabelStore
+
+
+def build_dispatcher(config: Config, labels: Mapping[int, LabelStore]) -> Dispatcher:
+    """A dispatcher for `config`'s root and DIMMs; `labels` maps slot → label store.
+
+    A DIMM missing from `labels` has no label area: functions 4-6 are neither advertised
+    nor served for it.
+    """
+    root_table = nfit_root_functions()
+    dimm_table = intel_dimm_functions()
+    targets: dict[int, Target[Any]] = {ROOT_HANDLE: Target(root_table, Root(config.nvdimms))}
+    for nvdimm in config.nvdimms:
+        targets[slot_to_handle(nvdimm.slot)] = Target(dimm_table, Dimm(nvdimm, labels.get(nvdimm.slot)))
+    return Dispatcher(targets)

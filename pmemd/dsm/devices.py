@@ -1,0 +1,42 @@
+"""The targets a `_DSM` call can address: the NVDIMM root device and each DIMM.
+
+Handlers receive one of these as `device`; state a future function needs (ARS progress,
+SMART health) is added here as a field, not threaded through the dispatcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from acpi.dsm_buffer import ROOT_HANDLE
+
+from pmemd.config import NvdimmConfig
+
+from .label_store import LabelStore
+
+
+def slot_to_handle(slot: int) -> int:
+    """A DIMM's NFIT device handle: slot + 1, so that handle 0 stays the root's."""
+    return slot + 1
+
+
+def handle_to_slot(handle: int) -> int:
+    """The slot a DIMM handle names (inverse of `slot_to_handle`); the root has none."""
+    if handle == ROOT_HANDLE:
+        raise ValueError("handle 0 is the root device, not a DIMM")
+    return handle - 1
+
+
+@dataclass
+class Root:
+    """The NVDIMM root device (NFIT bus family): sees every DIMM, e.g. for ARS."""
+
+    nvdimms: tuple[NvdimmConfig, ...]
+
+
+@dataclass
+class Dimm:
+    """One NVDIMM (Intel family); `labels` is None when it has no label area."""
+
+    config: NvdimmConfig
+    labels: LabelStore | None
