@@ -74,6 +74,8 @@ def encode_request(handle: int, revision: int, function: int, data: bytes = b"",
 
     `input_length` overrides the length word, to describe malformed requests.
     """
+    if len(data) > MAX_INPUT:
+        raise ValueError(f"{len(data)} input bytes do not fit the page ({MAX_INPUT} at most)")
     page = bytearray(PAGE_SIZE)
     length = len(data) if input_length is None else input_length
     page[HEADER_OFFSET : HEADER_OFFSET + HEADER_SIZE] = DsmRequestHeader.build(
