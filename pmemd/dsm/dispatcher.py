@@ -4,8 +4,9 @@ Routing, in order (status codes in `call.Status`):
   1. decode from a private copy of the page; an input length over MAX_INPUT → status 3;
   2. the handle picks a target (0 = root, slot + 1 = DIMM); none → status 2;
   3. function 0 → the target's supported-function mask for the call's revision, 4 bytes
-     and no status word; any failure here answers mask 0 ("nothing supported"), since a
-     status word would read as a mask (QEMU's rev-2 answer of 1 looks like "bit 0 set");
+     and no status word; its input is ignored (ACPI: Arg3 is unused for function 0). Any
+     failure here answers mask 0 ("nothing supported"), since a status word would read
+     as a mask (QEMU's status 1 for a revision-2 query reads as "bit 0 set");
   4. a function the target does not offer at that revision → status 1;
   5. the handler's `InvalidInput` → status 3, any other exception → status 4 and a log
      record: a guest can make a call fail, never make the daemon fail.
