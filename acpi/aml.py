@@ -718,6 +718,16 @@ TYPE_BUFFER = 3
 TYPE_PACKAGE = 4
 
 
+@dataclass(frozen=True)
+class RawAml(Term):
+    """Already-encoded AML, e.g. a device body received from elsewhere (dm-acpi type 1)."""
+
+    data: bytes
+
+    def encode(self) -> bytes:
+        return self.data
+
+
 def definition_block_body(*terms: TermLike) -> bytes:
     """The AML of a table body: its top-level terms, concatenated."""
     return _terms(terms)
