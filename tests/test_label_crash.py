@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import structlog
@@ -47,8 +46,7 @@ def backing(tmp_path: Path) -> Path:
     path = tmp_path / "nv0.img"
     path.write_bytes(bytes(PMEM_SIZE))
     with open(path, "ab") as f:
-        for index in range(CHUNKS):
-            f.write(chunk_of(0))
+        f.write(chunk_of(0) * CHUNKS)
         f.write(bytes(LABEL_SIZE - CHUNKS * CHUNK))
     return path
 

@@ -148,7 +148,7 @@ def test_label_write_of_max_transfer_succeeds(dispatcher: Dispatcher) -> None:
     assert write(dispatcher, LABEL_SIZE - MAX_LABEL_TRANSFER, pattern(MAX_LABEL_TRANSFER)) == Status.SUCCESS
 
 
-def test_label_write_of_zero_bytes_succeeds(dispatcher: Dispatcher, memory_store: MemoryLabelStore) -> None:
+def test_label_write_of_zero_bytes_succeeds(dispatcher: Dispatcher) -> None:
     assert write(dispatcher, LABEL_SIZE, b"") == Status.SUCCESS
 
 

@@ -32,8 +32,9 @@ LabelRange = Struct("offset" / Int32ul, "length" / Int32ul)
 MAX_LABEL_TRANSFER = min(MAX_OUTPUT, MAX_INPUT - LabelRange.sizeof())
 """Largest label payload one call carries either way: min(read reply, write request).
 
-With our page that is min(4092 - 4, 4080 - 8) = 4072; QEMU's fixed-size request header
-costs it more (4076). Derived from the layout so the two cannot drift apart."""
+With our page that is min(4092 - 4, 4080 - 8) = 4072: four bytes under QEMU's 4076, as
+our request header also carries the input length. Derived from the layouts so the
+advertised value cannot drift from what the page really holds."""
 
 GetLabelSizeInput = Struct(Terminated)
 GetLabelSizeOutput = Struct("size" / Int32ul, "max_transfer" / Int32ul)
