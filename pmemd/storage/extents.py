@@ -23,7 +23,8 @@ PAGE_MASK = PAGE_SIZE - 1
 # says the filesystem reported several contiguous blocks as one. Every other bit (known or
 # not yet invented) means the bytes are not plainly at fe_physical, so it is refused.
 ALLOWED_FLAGS = ExtentFlag.LAST | ExtentFlag.MERGED
-_REFUSED_MASK = ~int(ALLOWED_FLAGS) & 0xFFFFFFFF  # a plain int: IntFlag arithmetic is slow
+# Plain ints: IntFlag arithmetic is slow, and `~` on an IntFlag drops bits it has no name for.
+_REFUSED_MASK = ~int(ALLOWED_FLAGS) & 0xFFFFFFFF
 
 _FLAG_REASONS = {
     ExtentFlag.UNWRITTEN: "is unwritten (allocated but never written; run `pmemd prepare`)",
@@ -36,7 +37,7 @@ _FLAG_REASONS = {
     ExtentFlag.DATA_TAIL: "is tail-packed with other files' data",
     ExtentFlag.SHARED: "is shared with another file (reflink; run `pmemd prepare` to unshare)",
 }
-_EXPLAINED = sum(_FLAG_REASONS)
+_EXPLAINED = sum(int(flag) for flag in _FLAG_REASONS)
 
 
 class ExtentSource(Protocol):
@@ -91,7 +92,7 @@ def check_size(path: str | Path, st: os.stat_result, size: int) -> None:
 
 def describe_flags(flags: int) -> str:
     """Why an extent's flags make it unmappable, naming every offending bit."""
-    bad = flags & ~ALLOWED_FLAGS
+    bad = int(flags) & _REFUSED_MASK
     reasons = [text for flag, text in _FLAG_REASONS.items() if bad & flag]
     unknown = bad & ~_EXPLAINED
     if unknown:
