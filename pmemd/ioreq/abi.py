@@ -178,3 +178,4 @@ class Ioreq:
                 type=self.type,
             )
         )
+PORT_STRUCT = struct.Struct("<I")

@@ -1,0 +1,180 @@
+"""The ioreq protocol as data: state tables, request decoding and execution. No I/O.
+
+Rules (Xen `common/ioreq.c` and QEMU `hw/xen/xen-hvm-common.c`, reference §1.3-1.5):
+
+* A slot moves NONE -> READY (Xen) -> INPROCESS (device model) -> IORESP_READY (device
+  model) -> NONE (Xen). Xen re-reads the state on every event and crashes the domain on
+  a backwards or unknown value (`hypervisor_observes`). A device model woken with a slot
+  not in READY ignores the wake-up (`device_model_wakes`).
+* Item i of a `rep` request lives at base ± i*size (df picks the sign) with 64-bit
+  wraparound; a PIO port does not advance, only the guest buffer does.
+* `data` goes back to the guest only when `!data_is_ptr && !(PIO && write)`.
+
+Both sides import this module: the simulator to enforce the table, the daemon's
+server to follow it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pmemd.ioreq import abi
+from pmemd.ioreq.device import Device, GuestMemory
+
+MASK64 = (1 << 64) - 1
+VALID_SIZES = (1, 2, 4, 8)
+# Xen splits a `rep` so that neither side crosses a page: count*size <= 4096 always.
+MAX_REP_COUNT = abi.PAGE_SIZE
+
+
+class Verdict(enum.Enum):
+    WAIT = "wait"  # keep waiting for the next event
+    COMPLETE = "complete"  # IORESP_READY seen: take data, set NONE
+    CRASH = "crash"  # backwards or unknown state: domain_crash()
+    SERVE = "serve"  # device model: the slot holds a request to handle
+    SPURIOUS = "spurious"  # device model: nothing to do for this wake-up
+
+
+# Xen's wait loop: (state last seen, state now) -> verdict. Anything absent is a crash.
+# Xen itself leaves the loop silently on NONE ("emulator dying"); the simulator treats a
+# device model writing NONE over a pending request as the backwards step it is.
+_HYPERVISOR_TABLE: dict[tuple[int, int], Verdict] = {
+    (abi.STATE_IOREQ_READY, abi.STATE_IOREQ_READY): Verdict.WAIT,
+    (abi.STATE_IOREQ_READY, abi.STATE_IOREQ_INPROCESS): Verdict.WAIT,
+    (abi.STATE_IOREQ_READY, abi.STATE_IORESP_READY): Verdict.COMPLETE,
+    (abi.STATE_IOREQ_INPROCESS, abi.STATE_IOREQ_INPROCESS): Verdict.WAIT,
+    (abi.STATE_IOREQ_INPROCESS, abi.STATE_IORESP_READY): Verdict.COMPLETE,
+}
+
+# The device model on a wake-up: only READY is work.
+_DEVICE_MODEL_TABLE: dict[int, Verdict] = {
+    abi.STATE_IOREQ_NONE: Verdict.SPURIOUS,
+    abi.STATE_IOREQ_READY: Verdict.SERVE,
+    abi.STATE_IOREQ_INPROCESS: Verdict.SPURIOUS,
+    abi.STATE_IORESP_READY: Verdict.SPURIOUS,
+}
+
+
+def hypervisor_observes(previous: int, state: int) -> Verdict:
+    """What Xen's `wait_for_io` does on seeing `state` after `previous`."""
+    return _HYPERVISOR_TABLE.get((previous, state), Verdict.CRASH)
+
+
+def device_model_wakes(state: int) -> Verdict:
+    """What the device model does with a slot in `state` when its port fires."""
+    return _DEVICE_MODEL_TABLE.get(state, Verdict.SPURIOUS)
+
+
+@dataclass(frozen=True, slots=True)
+class IoRequest:
+    """The private copy of a slot the device model works on (QEMU's `req`)."""
+
+    type: int
+    addr: int
+    data: int
+    count: int
+    size: int
+    dir: int
+    df: bool
+    data_is_ptr: bool
+
+    @classmethod
+    def from_slot(cls, slot: tuple[int, ...]) -> "IoRequest":
+        """From `abi.SLOT_STRUCT.unpack_from(page, offset)`."""
+        addr, data, count, size, _eport, _pad, bits, type_ = slot
+        return cls(type_, addr, data, count, size, abi.bits_dir(bits), abi.bits_df(bits), abi.bits_data_is_ptr(bits))
+
+    @property
+    def is_read(self) -> bool:
+        return self.dir == abi.IOREQ_READ
+
+    @property
+    def kind(self) -> str:
+        """A short statistics key, e.g. "mmio-read", "pio-write-rep", "invalidate"."""
+        base = {abi.IOREQ_TYPE_PIO: "pio", abi.IOREQ_TYPE_COPY: "mmio"}.get(self.type)
+        if base is None:
+            return {abi.IOREQ_TYPE_INVALIDATE: "invalidate", abi.IOREQ_TYPE_PCI_CONFIG: "pci-config"}.get(
+                self.type, "unknown"
+            )
+        return f"{base}-{'read' if self.is_read else 'write'}{'-rep' if self.count > 1 else ''}"
+
+
+def needs_completion(req: IoRequest) -> bool:
+    """Xen's `ioreq_needs_completion`: does the guest take `data` back?"""
+    return not req.data_is_ptr and not (req.type == abi.IOREQ_TYPE_PIO and req.dir == abi.IOREQ_WRITE)
+
+
+def malformed(req: IoRequest) -> str | None:
+    """Why this request cannot be served (QEMU would abort), or None if it is well formed."""
+    if req.type not in (abi.IOREQ_TYPE_PIO, abi.IOREQ_TYPE_COPY, abi.IOREQ_TYPE_PCI_CONFIG, abi.IOREQ_TYPE_INVALIDATE):
+        return f"unknown ioreq type {req.type}"
+    if req.type == abi.IOREQ_TYPE_INVALIDATE:
+        return None
+    if req.size not in VALID_SIZES:
+        return f"size {req.size} not in 1/2/4/8"
+    if req.type in (abi.IOREQ_TYPE_PIO, abi.IOREQ_TYPE_PCI_CONFIG) and req.size > 4:
+        return f"{'PIO' if req.type == abi.IOREQ_TYPE_PIO else 'PCI config'} size {req.size} > 4"
+    if not 1 <= req.count <= MAX_REP_COUNT:
+        return f"count {req.count} outside 1..{MAX_REP_COUNT}"
+    if req.type == abi.IOREQ_TYPE_PCI_CONFIG and req.count != 1:
+        return f"PCI config count {req.count} != 1"
+    return None
+
+
+def unhandled_result(req: IoRequest) -> int:
+    """`data` for a request nobody serves: all-ones for reads (Xen's null handler)."""
+    if req.is_read and not req.data_is_ptr:
+        return all_ones(req.size)
+    return req.data
+
+
+def all_ones(size: int) -> int:
+    return (1 << (8 * size)) - 1 if size in VALID_SIZES else MASK64
+
+
+def item_address(base: int, i: int, size: int, df: bool) -> int:
+    """Item i's address: base ± i*size with 64-bit wraparound (QEMU lets it truncate)."""
+    return (base - i * size if df else base + i * size) & MASK64
+
+
+def buffer_span(req: IoRequest) -> tuple[int, int] | None:
+    """[lo, hi) of guest RAM a data_is_ptr request touches, or None (wrapping or no pointer)."""
+    if not req.data_is_ptr:
+        return None
+    last = item_address(req.data, req.count - 1, req.size, req.df)
+    lo, hi = (last, req.data + req.size) if req.df else (req.data, last + req.size)
+    return (lo, hi) if lo < hi <= MASK64 + 1 else None
+
+
+def execute(req: IoRequest, device: Device, memory: GuestMemory) -> int:
+    """Perform a well-formed PIO or MMIO request; return the slot's new `data`.
+
+    Follows QEMU's `cpu_ioreq_pio`/`cpu_ioreq_move`: `count` items, the device address
+    advancing for MMIO only, the guest buffer (data_is_ptr) advancing for both.
+    """
+    size = req.size
+    mask = all_ones(size)
+    if req.type == abi.IOREQ_TYPE_PIO:
+        dev_read, dev_write, step = device.port_read, device.port_write, 0
+    else:
+        dev_read, dev_write, step = device.mmio_read, device.mmio_write, size
+    addr, df = req.addr, req.df
+    if not req.data_is_ptr:
+        if req.is_read:
+            value = 0
+            for i in range(req.count):
+                value = dev_read(item_address(addr, i, step, df), size) & mask
+            return value
+        value = req.data & mask
+        for i in range(req.count):
+            dev_write(item_address(addr, i, step, df), size, value)
+        return req.data
+    for i in range(req.count):
+        buf = item_address(req.data, i, size, df)
+        if req.is_read:
+            value = dev_read(item_address(addr, i, step, df), size) & mask
+            memory.write(buf, value.to_bytes(size, "little"))
+        else:
+            dev_write(item_address(addr, i, step, df), size, int.from_bytes(memory.read(buf, size), "little"))
+    return req.data

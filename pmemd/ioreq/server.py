@@ -1,0 +1,199 @@
+"""The daemon's generic ioreq server: the trio shell around `pmemd.ioreq.machine`.
+
+Set-up follows QEMU (reference §1.6) with binding before enabling, so no request can
+fire on an unbound port: create server -> map the synchronous page -> get info ->
+bind one event channel per vCPU (to the slot's vp_eport) -> map ranges -> enable ->
+`task_status.started()`. Teardown runs in reverse (disable, unmap, close the event
+channel, destroy), shielded and bounded, on exit, error or cancellation.
+
+Serving (§1.5): for each pending port, the slot of its vCPU is handled only in
+READY; the state goes INPROCESS, the request runs against the `Device` on a private
+copy, `data` is written back only when Xen takes it (`needs_completion`), the state
+goes IORESP_READY and the port is notified. Handling a request has no checkpoint
+(except mapping guest RAM for data_is_ptr, which is shielded), so cancellation never
+leaves a slot half done. Malformed requests (QEMU would abort) are logged and
+completed as unhandled: reads all-ones, writes dropped; the server keeps serving.
+
+Errors: a slot found not INPROCESS after handling (someone else wrote it) is QEMU's
+"Badness in I/O request": the server asks Xen to shut the domain down and stops.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping, Sequence
+
+import structlog
+import trio
+
+from pmemd.ioreq import abi
+from pmemd.ioreq.device import Device, IoRange
+from pmemd.ioreq.machine import (
+    IoRequest,
+    Verdict,
+    buffer_span,
+    device_model_wakes,
+    execute,
+    malformed,
+    needs_completion,
+    unhandled_result,
+)
+from pmemd.ioreq.mapcache import MapCache
+from pmemd.xen.api import SHUTDOWN_POWEROFF, DeviceModelHypervisor, EventChannel
+from pmemd.xen.errors import HypervisorError, ProtocolError
+
+log = structlog.get_logger("pmemd.ioreq.server")
+
+TEARDOWN_TIMEOUT = 5.0  # seconds; teardown talks to the hypervisor, which may be gone
+
+
+class IoreqBadness(Exception):
+    """The slot left INPROCESS while we served it; the domain was asked to shut down."""
+
+
+@dataclass(frozen=True)
+class IoreqServerStatistics:
+    served: int
+    by_kind: Mapping[str, int]
+    malformed: int
+    spurious: int
+    unknown_ports: int
+    device_errors: int
+
+
+@dataclass
+class _Counters:
+    served: int = 0
+    malformed: int = 0
+    spurious: int = 0
+    unknown_ports: int = 0
+    device_errors: int = 0
+    by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class IoreqServer:
+    """Serve `device`'s `ranges` for the guest behind `hv`.
+
+    Usage: `await nursery.start(IoreqServer(hv, device, ranges).run)`.
+    """
+
+    def __init__(self, hv: DeviceModelHypervisor, device: Device, ranges: Sequence[IoRange]) -> None:
+        self.hv = hv
+        self.device = device
+        self.ranges = tuple(ranges)
+        self.server_id: int | None = None
+        self._counters = _Counters()
+        self.log = log.bind(domid=hv.domid)
+
+    def statistics(self) -> IoreqServerStatistics:
+        c = self._counters
+        return IoreqServerStatistics(
+            c.served, MappingProxyType(dict(c.by_kind)), c.malformed, c.spurious, c.unknown_ports, c.device_errors
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register, enable, report started, serve until cancelled; always tear down."""
+        hv = self.hv
+        info = await hv.domain_info()
+        server_id = await hv.create_ioreq_server()
+        self.server_id = server_id
+        self.log = self.log.bind(server=server_id)
+        mapped: list[IoRange] = []
+        evtchn: EventChannel | None = None
+        enabled = False
+        try:
+            page = await hv.map_ioreq_page(server_id)
+            await hv.get_ioreq_server_info(server_id)
+            evtchn = await hv.open_event_channel()
+            vcpu_of_port: dict[int, int] = {}
+            for vcpu in range(info.vcpus):
+                (remote,) = abi.PORT_STRUCT.unpack_from(page, abi.slot_offset(vcpu) + abi.VP_EPORT_OFFSET)
+                vcpu_of_port[await evtchn.bind_interdomain(remote)] = vcpu
+            for r in self.ranges:
+                await hv.map_io_range(server_id, r.is_mmio, r.start, r.end)
+                mapped.append(r)
+            await hv.set_ioreq_server_state(server_id, True)
+            enabled = True
+            self.log.info("ioreq server enabled", vcpus=info.vcpus, ranges=len(mapped))
+            task_status.started()
+            await self._serve(page, evtchn, vcpu_of_port, MapCache(hv, info.ram_ranges()))
+        finally:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + TEARDOWN_TIMEOUT
+                await self._teardown(server_id, enabled, mapped, evtchn)
+
+    async def _teardown(
+        self, server_id: int, enabled: bool, mapped: list[IoRange], evtchn: EventChannel | None
+    ) -> None:
+        async def step(what: str, call) -> None:  # type: ignore[no-untyped-def]
+            try:
+                await call
+            except (HypervisorError, ProtocolError, OSError, trio.ClosedResourceError) as exc:
+                self.log.info("teardown step failed", step=what, error=str(exc))
+
+        if enabled:
+            await step("disable", self.hv.set_ioreq_server_state(server_id, False))
+        for r in reversed(mapped):
+            await step("unmap range", self.hv.unmap_io_range(server_id, r.is_mmio, r.start, r.end))
+        if evtchn is not None:
+            evtchn.close()
+        await step("destroy", self.hv.destroy_ioreq_server(server_id))
+        self.log.info("ioreq server torn down")
+
+    async def _serve(
+        self, page: memoryview, evtchn: EventChannel, vcpu_of_port: dict[int, int], memory: MapCache
+    ) -> None:
+        counters = self._counters
+        slot_struct, bits_off = abi.SLOT_STRUCT, abi.BITS_OFFSET
+        while True:
+            for port in await evtchn.pending():
+                vcpu = vcpu_of_port.get(port)
+                if vcpu is None:
+                    counters.unknown_ports += 1  # QEMU aborts; we log and carry on
+                    self.log.error("event on a port we did not bind", port=port)
+                    continue
+                off = vcpu * abi.IOREQ_SIZE
+                bits = page[off + bits_off]
+                if device_model_wakes(bits & abi.STATE_MASK) is not Verdict.SERVE:
+                    counters.spurious += 1
+                    continue
+                page[off + bits_off] = (bits & ~abi.STATE_MASK) | abi.STATE_IOREQ_INPROCESS
+                req = IoRequest.from_slot(slot_struct.unpack_from(page, off))
+                if req.data_is_ptr and (span := buffer_span(req)) is not None:
+                    with trio.CancelScope(shield=True):
+                        await memory.ensure(*span)
+                data = self._perform(req, memory)
+                if needs_completion(req):
+                    abi.DATA_STRUCT.pack_into(page, off + abi.DATA_OFFSET, data)
+                bits = page[off + bits_off]
+                if bits & abi.STATE_MASK != abi.STATE_IOREQ_INPROCESS:
+                    self.log.error("Badness in I/O request: not in service", vcpu=vcpu, state=bits & abi.STATE_MASK)
+                    with trio.CancelScope(shield=True):
+                        await self.hv.shutdown(SHUTDOWN_POWEROFF)
+                    raise IoreqBadness(f"vcpu {vcpu} slot left INPROCESS")
+                page[off + bits_off] = (bits & ~abi.STATE_MASK) | abi.STATE_IORESP_READY
+                evtchn.notify(port)
+
+    def _perform(self, req: IoRequest, memory: MapCache) -> int:
+        """Run one request; never raises (malformed and failing requests complete unhandled)."""
+        counters = self._counters
+        reason = malformed(req)
+        if reason is not None:
+            counters.malformed += 1
+            self.log.warning("malformed ioreq completed as unhandled", reason=reason, addr=req.addr, type=req.type)
+            return unhandled_result(req)
+        counters.served += 1
+        counters.by_kind[req.kind] += 1
+        if req.type == abi.IOREQ_TYPE_INVALIDATE:
+            memory.invalidate()
+            return req.data
+        if req.type == abi.IOREQ_TYPE_PCI_CONFIG:
+            return unhandled_result(req)  # no PCI devices claimed
+        try:
+            return execute(req, self.device, memory)
+        except Exception:
+            counters.device_errors += 1
+            self.log.exception("device failed; access completed as unhandled", kind=req.kind, addr=req.addr)
+            return unhandled_result(req)

@@ -1,0 +1,39 @@
+"""Blocking request/reply over the simulator socket, shared by the sync clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from pmemd.xen import wire
+from pmemd.xen.errors import ProtocolError, raise_for_reply
+
+
+class SyncClient:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(os.fspath(path))
+        except BaseException:
+            sock.close()
+            raise
+        self.channel = wire.SyncChannel(sock)
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        self.channel.send(wire.encode_json({"op": op, **args}))
+        kind, body = self.channel.receive()
+        if kind != wire.KIND_JSON:
+            raise ProtocolError(f"unexpected frame kind {kind}")
+        reply = wire.decode_json(body)
+        nfds = reply.get("nfds", 0)
+        reply["fds"] = self.channel.decoder.take_fds(nfds if isinstance(nfds, int) else 0)
+        try:
+            return raise_for_reply(reply)
+        except BaseException:
+            for fd in reply["fds"]:
+                os.close(fd)
+            raise
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,135 @@
+"""What the daemon needs from Xen, as an abstract async interface.
+
+One `DeviceModelHypervisor` is the daemon's view of its one guest: the
+libxendevicemodel calls (DMOPs, reference §1.6), `xenforeignmemory` mappings and
+`xenevtchn` handles. `pmemd.xen.sim_client` implements it over the simulator socket;
+a real-Xen backend (ctypes over the three libraries) can slot in behind the same
+methods. Calls that may block are async; `EventChannel.notify` never blocks (it is
+an ioctl in libxenevtchn), so it is sync.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from pmemd.ioreq.abi import HVM_IOREQSRV_BUFIOREQ_OFF
+
+# xendevicemodel_shutdown reasons (public/sched.h SHUTDOWN_*).
+SHUTDOWN_POWEROFF = 0
+SHUTDOWN_REBOOT = 1
+SHUTDOWN_SUSPEND = 2
+SHUTDOWN_CRASH = 3
+SHUTDOWN_WATCHDOG = 4
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """A domain's state ("paused", "running", "crashed", "shutdown", "destroyed") and memory map."""
+
+    domid: int
+    state: str
+    crash_reason: str | None
+    shutdown_reason: int | None
+    lowmem: int
+    highmem: int
+    mmio_hole: int
+    vcpus: int
+    ioreq_servers: tuple[int, ...] = ()
+
+    @classmethod
+    def from_reply(cls, r: dict[str, object]) -> "DomainInfo":
+        return cls(
+            domid=int(r["domid"]),  # type: ignore[arg-type]
+            state=str(r["state"]),
+            crash_reason=r.get("crash_reason"),  # type: ignore[arg-type]
+            shutdown_reason=r.get("shutdown_reason"),  # type: ignore[arg-type]
+            lowmem=int(r["lowmem"]),  # type: ignore[arg-type]
+            highmem=int(r["highmem"]),  # type: ignore[arg-type]
+            mmio_hole=int(r["mmio_hole"]),  # type: ignore[arg-type]
+            vcpus=int(r["vcpus"]),  # type: ignore[arg-type]
+            ioreq_servers=tuple(r.get("ioreq_servers", ())),  # type: ignore[arg-type]
+        )
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        """Guest RAM as [start, end) GPA ranges."""
+        ranges = [(0, self.lowmem)]
+        if self.highmem:
+            ranges.append((1 << 32, (1 << 32) + self.highmem))
+        return ranges
+
+
+@dataclass(frozen=True)
+class IoreqServerInfo:
+    """`get_ioreq_server_info` with XEN_DMOP_no_gfns: pages come from map_ioreq_page."""
+
+    ioreq_gfn: int | None
+    bufioreq_gfn: int | None
+    bufioreq_port: int | None
+
+
+class EventChannel(ABC):
+    """A `xenevtchn_handle`: bind remote ports, wait for pending local ports, notify."""
+
+    @abstractmethod
+    async def bind_interdomain(self, remote_port: int) -> int:
+        """Bind the guest's Xen-side `remote_port`; return the local port."""
+
+    @abstractmethod
+    async def unbind(self, local_port: int) -> None: ...
+
+    @abstractmethod
+    async def pending(self) -> list[int]:
+        """Wait until at least one local port fired; return all that did (already unmasked)."""
+
+    @abstractmethod
+    def notify(self, local_port: int) -> None:
+        """Signal the remote end of `local_port`; never blocks."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class DeviceModelHypervisor(ABC):
+    """The hypervisor as one guest's device model sees it (domid fixed at connect)."""
+
+    domid: int
+
+    @abstractmethod
+    async def create_ioreq_server(self, handle_bufioreq: int = HVM_IOREQSRV_BUFIOREQ_OFF) -> int: ...
+
+    @abstractmethod
+    async def get_ioreq_server_info(self, server_id: int) -> IoreqServerInfo: ...
+
+    @abstractmethod
+    async def map_ioreq_page(self, server_id: int) -> memoryview:
+        """Writable view of the synchronous page (resource frame 1): 128 `ioreq_t` slots."""
+
+    @abstractmethod
+    async def map_io_range(self, server_id: int, is_mmio: bool, start: int, end_inclusive: int) -> None: ...
+
+    @abstractmethod
+    async def unmap_io_range(self, server_id: int, is_mmio: bool, start: int, end_inclusive: int) -> None: ...
+
+    @abstractmethod
+    async def set_ioreq_server_state(self, server_id: int, enabled: bool) -> None: ...
+
+    @abstractmethod
+    async def destroy_ioreq_server(self, server_id: int) -> None: ...
+
+    @abstractmethod
+    async def open_event_channel(self) -> EventChannel: ...
+
+    @abstractmethod
+    async def map_foreign(self, gfn: int, nr_pages: int) -> memoryview:
+        """Writable view of guest RAM gfn..gfn+nr_pages-1 (must be one RAM range)."""
+
+    @abstractmethod
+    async def shutdown(self, reason: int) -> None:
+        """`xendevicemodel_shutdown`: ask Xen to shut the guest down (SHUTDOWN_*)."""
+
+    @abstractmethod
+    async def domain_info(self) -> DomainInfo: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...

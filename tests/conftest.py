@@ -1,0 +1,64 @@
+"""Shared fixtures: a simulated hypervisor, in-process ("embedded") or in its own process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
+from pmemd.xen.sim_client import SimDeviceModel
+
+MiB = 1 << 20
+
+
+@dataclass
+class Sim:
+    path: Path
+    hv: Hypervisor | None  # None when the simulator runs in another process
+
+    async def dm(self, domid: int) -> SimDeviceModel:
+        return await SimDeviceModel.connect(self.path, domid)
+
+    async def create_domain(self, domid: int, *, vcpus: int = 1, lowmem: int = 16 * MiB, highmem: int = 0,
+                            unpause: bool = True) -> None:
+        ctl = await self.dm(domid)
+        try:
+            await ctl.request("domain_create", domid=domid, lowmem=lowmem, highmem=highmem,
+                              mmio_hole=256 * MiB, vcpus=vcpus)
+            if unpause:
+                await ctl.request("domain_unpause", domid=domid)
+        finally:
+            await ctl.aclose()
+
+
+@pytest.fixture
+async def sim(nursery: trio.Nursery, tmp_path: Path) -> Sim:
+    """The simulator served in this trio run; `sim.hv` is its state, for inspection."""
+    path = tmp_path / "hv.sock"
+    hv = await nursery.start(partial(serve_hypervisor, path))
+    return Sim(path, hv)
+
+
+@pytest.fixture
+async def sim_process(tmp_path: Path):
+    """The simulator in its own process (`python -m pmemd.sim.hypervisor`), ready to use."""
+    path = tmp_path / "hv.sock"
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "pmemd.sim.hypervisor", str(path)], stdout=subprocess.PIPE
+    )
+    try:
+        buf = b""
+        while b"ready\n" not in buf:
+            chunk = await proc.stdout.receive_some()
+            assert chunk, "simulator exited before it was ready"
+            buf += chunk
+        yield Sim(path, None)
+    finally:
+        proc.terminate()
+        await proc.wait()
