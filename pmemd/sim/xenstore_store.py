@@ -535,7 +535,7 @@ class Session:
                 reply = Message(MsgType.ERROR, msg.req_id, msg.tx_id, encode_error("EINVAL"))
             else:
                 reply = Message(msg.type, msg.req_id, msg.tx_id, payload)
-            self._notify(after)
+            self.store._deliver(after)
         finally:
             deferred, self._deferred = self._deferred, None
         self._send(reply)
