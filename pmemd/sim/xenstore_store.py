@@ -75,6 +75,17 @@ class Quotas:
 
 
 @dataclass(frozen=True)
+class StoreStatistics:
+    """A snapshot for tests and bench/: sizes, and how often each errno name was answered."""
+
+    nodes: int
+    connections: int
+    watches: int
+    open_transactions: int
+    refusals: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Node:
     """One xenstore node; ``gen`` changes on every committed modification."""
 
@@ -369,6 +380,7 @@ class Store:
         self._introduced: set[int] = {PRIVILEGED_DOMID}
         self._targets: dict[int, int] = {}
         self._tx_ids = itertools.count(1)
+        self._refusals: Counter[str] = Counter()
 
     # -- Python API -----------------------------------------------------------------------
 
@@ -425,8 +437,14 @@ class Store:
     def target_of(self, domid: int) -> int | None:
         return self._targets.get(domid)
 
-    def node_count(self) -> int:
-        return len(self._tree)
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            nodes=len(self._tree),
+            connections=len(self._sessions),
+            watches=sum(len(s._watches) for s in self._sessions),
+            open_transactions=sum(len(s._txns) for s in self._sessions),
+            refusals=dict(self._refusals),
+        )
 
     def connect(self, send: Callable[[Message], None], *, domid: int = PRIVILEGED_DOMID) -> Session:
         """A new connection acting as ``domid``; replies and events go to ``send``."""
@@ -528,10 +546,12 @@ class Session:
                 payload = self._dispatch(msg, after)
             except XenstoreErrnoError as exc:
                 self.log.debug("xenstore request refused", type=msg.type, error=str(exc))
+                self.store._refusals[exc.errno_name] += 1
                 reply = Message(MsgType.ERROR, msg.req_id, msg.tx_id,
                                 encode_error(exc.errno_name))
             except RemoteProtocolError as exc:
                 self.log.info("malformed xenstore request", type=msg.type, error=str(exc))
+                self.store._refusals["EINVAL"] += 1
                 reply = Message(MsgType.ERROR, msg.req_id, msg.tx_id, encode_error("EINVAL"))
             else:
                 reply = Message(msg.type, msg.req_id, msg.tx_id, payload)
@@ -761,4 +781,5 @@ __all__ = [
     "Quotas",
     "Session",
     "Store",
+    "StoreStatistics",
 ]

@@ -29,6 +29,7 @@ from pmemd.sim.xenstore_store import (
     Quotas,
     Session,
     Store,
+    StoreStatistics,
 )
 from pmemd.xenstore.errors import ProtocolError
 from pmemd.xenstore.wire import Message, MessageReader, NeedData
@@ -162,5 +163,6 @@ __all__ = [
     "Node",
     "Quotas",
     "Store",
+    "StoreStatistics",
     "serve_xenstored",
 ]
