@@ -574,3 +574,15 @@ async def test_garbage_connection_does_not_disturb_other_clients(
         await xs.write("/k", "w")
         assert (await next_event(events)).path == "/k"
     assert await xs.read("/k") == b"w"
+
+
+async def test_closing_a_connection_drops_its_watches_and_transactions(
+    server: str, store: Store
+) -> None:
+    async with open_client(server) as client:
+        await client.watch("/w")
+        await client._call(MsgType.TRANSACTION_START, b"\0", 0)
+        assert (store.statistics().watches, store.statistics().open_transactions) == (1, 1)
+    await trio.testing.wait_all_tasks_blocked()
+    stats = store.statistics()
+    assert (stats.connections, stats.watches, stats.open_transactions) == (0, 0, 0)

@@ -36,6 +36,7 @@ from typing import Final, Protocol
 import structlog
 
 from pmemd.xenstore.errors import (
+    LocalProtocolError,
     RemoteProtocolError,
     XenstoreErrnoError,
     error_for,
@@ -554,7 +555,11 @@ class Session:
                 self.store._refusals["EINVAL"] += 1
                 reply = Message(MsgType.ERROR, msg.req_id, msg.tx_id, encode_error("EINVAL"))
             else:
-                reply = Message(msg.type, msg.req_id, msg.tx_id, payload)
+                try:
+                    reply = Message(msg.type, msg.req_id, msg.tx_id, payload)
+                except LocalProtocolError:  # e.g. a huge permission list: too big to answer
+                    self.store._refusals["E2BIG"] += 1
+                    reply = Message(MsgType.ERROR, msg.req_id, msg.tx_id, encode_error("E2BIG"))
             self.store._deliver(after)
         finally:
             deferred, self._deferred = self._deferred, None

@@ -26,6 +26,7 @@ import trio
 from pmemd.xenstore.errors import (
     ConnectionClosedError,
     InvalidArgumentError,
+    NoEntryError,
     ProtocolError,
     QuotaError,
     RemoteProtocolError,
@@ -148,10 +149,8 @@ class _Operations:
         """Whether the node exists (a read that treats ENOENT as False)."""
         try:
             await self.read(path)
-        except XenstoreError as exc:
-            if getattr(exc, "errno_name", None) == "ENOENT":
-                return False
-            raise
+        except NoEntryError:
+            return False
         return True
 
 
