@@ -99,8 +99,9 @@ async def _serve_connection(stream: trio.SocketStream, store: Store, domid: int)
                 try:
                     send_channel.send_nowait(message)
                 except trio.WouldBlock:
-                    conn_log.warning("xenstore client is not reading; dropping it")
-                    nursery.cancel_scope.cancel()
+                    if not nursery.cancel_scope.cancel_called:
+                        conn_log.warning("xenstore client is not reading; dropping it")
+                        nursery.cancel_scope.cancel()
                 except trio.ClosedResourceError:
                     pass
 
