@@ -74,6 +74,14 @@ def config(path: Path) -> NvdimmConfig:
     return NvdimmConfig(path, PAGES * P, LABEL_PAGES * P, 0, 0, False, ADDRESS, None, 0)
 
 
+def fiemap_count(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sum(1 for _ in fiemap_extents(fd))
+    finally:
+        os.close(fd)
+
+
 def guest_pages(calls: list[tuple[int, int, int]]) -> list[int]:
     return [gfn + i for _mfn, gfn, nr in calls for i in range(nr)]
 
@@ -93,7 +101,7 @@ async def test_runs_cover_every_guest_page_exactly_once(fragmented: tuple[Path, 
     sink = RecordingSink()
     report = await map_nvdimm(config(fragmented[0]), host, sink)
     assert sorted(guest_pages(sink.calls)) == list(range(BASE_GFN, BASE_GFN + PMEM_PAGES))
-    assert (report.extents, report.frames, report.calls) == (PAGES, PMEM_PAGES, len(sink.calls))
+    assert (report.frames, report.calls) == (PMEM_PAGES, len(sink.calls))
 
 
 async def test_label_pages_are_never_mapped(fragmented: tuple[Path, bytes], host: HostPmem) -> None:
@@ -230,7 +238,7 @@ async def test_the_file_source_and_the_report_agree_on_the_extent_count(fragment
     source = FileExtents(fragmented[0], PAGES * P, batch=7)
     host = HostPmem("any", 0, 0, 1 << 50)
     report = await populate_backing(source, CountingSink(), host, Placement(ADDRESS, PAGES * P, PAGES * P))
-    assert (report.extents, report.frames) == (PAGES, PAGES)
+    assert (report.extents, report.frames) == (fiemap_count(fragmented[0]), PAGES)
 
 
 async def peak_bytes(count: int) -> int:
