@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -21,9 +21,17 @@ MiB = 1 << 20
 class Sim:
     path: Path
     hv: Hypervisor | None  # None when the simulator runs in another process
+    clients: list[SimDeviceModel] = field(default_factory=list)
 
     async def dm(self, domid: int) -> SimDeviceModel:
-        return await SimDeviceModel.connect(self.path, domid)
+        """A device-model connection, closed when the test ends."""
+        client = await SimDeviceModel.connect(self.path, domid)
+        self.clients.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
 
     async def create_domain(self, domid: int, *, vcpus: int = 1, lowmem: int = 16 * MiB, highmem: int = 0,
                             unpause: bool = True) -> None:
@@ -38,11 +46,13 @@ class Sim:
 
 
 @pytest.fixture
-async def sim(nursery: trio.Nursery, tmp_path: Path) -> Sim:
+async def sim(nursery: trio.Nursery, tmp_path: Path):
     """The simulator served in this trio run; `sim.hv` is its state, for inspection."""
     path = tmp_path / "hv.sock"
     hv = await nursery.start(partial(serve_hypervisor, path))
-    return Sim(path, hv)
+    sim = Sim(path, hv)
+    yield sim
+    await sim.aclose()
 
 
 @pytest.fixture
@@ -58,7 +68,9 @@ async def sim_process(tmp_path: Path):
             chunk = await proc.stdout.receive_some()
             assert chunk, "simulator exited before it was ready"
             buf += chunk
-        yield Sim(path, None)
+        sim = Sim(path, None)
+        yield sim
+        await sim.aclose()
     finally:
         proc.terminate()
         await proc.wait()
