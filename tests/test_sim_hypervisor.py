@@ -372,3 +372,11 @@ async def test_closing_the_device_model_connection_destroys_its_servers(sim):
     await dm.dm.aclose()
     await trio.testing.wait_all_tasks_blocked()
     assert sim.hv.domain(1).servers == {} and sim.hv.bindings == {}
+
+
+def test_wire_access_structs_agree_with_their_construct_declarations():
+    from pmemd.xen import wire
+    body = wire.GuestAccess.build(dict(space=1, dir=1, size=8, flags=3, count=2, addr=0x1234, data=0x5678))
+    assert wire.ACCESS_STRUCT.unpack(body) == (1, 1, 8, 3, 2, 0x1234, 0x5678)
+    reply = wire.AccessReply.build(dict(status=-3, trapped=1, data=0xABCD))
+    assert wire.ACCESS_REPLY_STRUCT.unpack(reply) == (-3, 1, 0xABCD)
