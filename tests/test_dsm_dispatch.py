@@ -26,6 +26,9 @@ from pmemd.dsm.page import decode_reply, decode_request, encode_request
 LABEL_SIZE = 128 * 1024
 REPO = Path(__file__).resolve().parent.parent
 LABEL_MASK = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 6  # 0x71, as QEMU
+SMART_MASK = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 10  # SMART, thresholds, latch shutdown status
+SMART_REVISION_2_MASK = 1 << 0 | 1 << 17 | 1 << 18  # set thresholds, inject SMART
+ROOT_MASK = 1 << 0 | 0b1111 << 1 | 1 << 5 | 0b111 << 7  # ARS 1-4, translate 5, inject 7-9
 
 
 def guest_config(*label_sizes: int) -> Config:
@@ -74,20 +77,20 @@ def one_function_dispatcher(function: int, revision: int, handler=echo) -> Dispa
 # Function 0: masks per target and revision.
 
 
-def test_dimm_with_labels_revision_1_mask_lists_label_functions() -> None:
-    assert mask_of(call(labelled_dispatcher(), slot_to_handle(0), 1, 0)) == LABEL_MASK
+def test_dimm_with_labels_revision_1_mask_lists_label_and_smart_functions() -> None:
+    assert mask_of(call(labelled_dispatcher(), slot_to_handle(0), 1, 0)) == LABEL_MASK | SMART_MASK
 
 
-def test_dimm_revision_2_mask_is_empty_without_revision_2_functions() -> None:
-    assert mask_of(call(labelled_dispatcher(), slot_to_handle(0), 2, 0)) == 0
+def test_dimm_revision_2_mask_lists_only_revision_2_functions() -> None:
+    assert mask_of(call(labelled_dispatcher(), slot_to_handle(0), 2, 0)) == SMART_REVISION_2_MASK
 
 
-def test_dimm_without_label_area_advertises_nothing() -> None:
-    assert mask_of(call(labelled_dispatcher(), slot_to_handle(1), 1, 0)) == 0
+def test_dimm_without_label_area_advertises_no_label_functions() -> None:
+    assert mask_of(call(labelled_dispatcher(), slot_to_handle(1), 1, 0)) == SMART_MASK
 
 
-def test_root_mask_is_empty_while_root_offers_nothing() -> None:
-    assert mask_of(call(labelled_dispatcher(), 0, 1, 0)) == 0
+def test_root_mask_lists_ars_translate_and_injection() -> None:
+    assert mask_of(call(labelled_dispatcher(), 0, 1, 0)) == ROOT_MASK
 
 
 def test_each_function_is_listed_only_in_its_own_revisions_mask() -> None:
@@ -126,7 +129,7 @@ def test_unknown_handle_function_zero_is_an_empty_mask() -> None:
 
 def test_function_zero_reply_is_the_mask_alone() -> None:
     reply = call(labelled_dispatcher(), slot_to_handle(0), 1, 0)
-    assert reply == Int32ul.build(8) + Int32ul.build(LABEL_MASK)
+    assert reply == Int32ul.build(8) + Int32ul.build(LABEL_MASK | SMART_MASK)
 
 
 # Routing and status codes.
@@ -145,7 +148,7 @@ def test_known_function_with_wrong_revision_is_not_supported() -> None:
 
 
 def test_root_function_without_handler_is_not_supported() -> None:
-    assert status_of(call(labelled_dispatcher(), 0, 1, 1)) == Status.NOT_SUPPORTED
+    assert status_of(call(labelled_dispatcher(), 0, 1, 6)) == Status.NOT_SUPPORTED
 
 
 def test_unavailable_function_is_not_supported() -> None:

@@ -6,13 +6,16 @@ SMART health) is added here as a field, not threaded through the dispatcher.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from acpi.dsm_buffer import ROOT_HANDLE
 
 from pmemd.config import NvdimmConfig
 
+from .health import Health
 from .label_store import LabelStore
+from .media import MediaErrors
+from .notify import NotifyQueue
 
 
 def slot_to_handle(slot: int) -> int:
@@ -32,6 +35,9 @@ class Root:
     """The NVDIMM root device (NFIT bus family): sees every DIMM, e.g. for ARS."""
 
     nvdimms: tuple[NvdimmConfig, ...]
+    media: MediaErrors = field(default_factory=MediaErrors.create)
+    pending_notifies: NotifyQueue = field(default_factory=NotifyQueue)
+    """Notify values (0x81: new errors) for the transport to raise on the root and drain."""
 
 
 @dataclass
@@ -40,3 +46,6 @@ class Dimm:
 
     config: NvdimmConfig
     labels: LabelStore | None
+    health: Health = field(default_factory=Health)
+    pending_notifies: NotifyQueue = field(default_factory=NotifyQueue)
+    """Notify values (0x81: health changed) for the transport to raise on this DIMM and drain."""

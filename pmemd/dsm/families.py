@@ -1,25 +1,34 @@
 """The function table of each target kind; new DSM functions are registered here.
 
-  NFIT root (bus family, revision 1): nothing yet; ARS, clear-error, translate-SPA and
-    error injection (functions 1-9) register here.
+  NFIT root (bus family, revision 1): ARS 1-4 (`ars`), translate SPA 5 (`translate`),
+    error injection 7-9 (`inject`).
   Intel DIMM family (functions 1-10 revision 1, 11+ revision 2): labels 4-6; SMART
-    (1, 2, 10 at revision 1; 17, 18 at revision 2) register here.
+    1, 2, 10 at revision 1 and 17, 18 at revision 2 (`smart`).
 """
 
 from __future__ import annotations
 
+from .ars import register_ars_functions
 from .devices import Dimm, Root
 from .functions import FunctionTable
+from .inject import register_inject_functions
 from .labels import register_label_functions
+from .smart import register_smart_functions
+from .translate import register_translate_function
 
 
 def nfit_root_functions() -> FunctionTable[Root]:
     """Functions of the NVDIMM root device (handle 0)."""
-    return FunctionTable("nfit-root")
+    table: FunctionTable[Root] = FunctionTable("nfit-root")
+    register_ars_functions(table)
+    register_translate_function(table)
+    register_inject_functions(table)
+    return table
 
 
 def intel_dimm_functions() -> FunctionTable[Dimm]:
     """Functions of an Intel-family DIMM (handle slot + 1)."""
     table: FunctionTable[Dimm] = FunctionTable("intel-dimm")
     register_label_functions(table)
+    register_smart_functions(table)
     return table
