@@ -46,6 +46,99 @@ def cmd_acpi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hypervisor_socket(args: argparse.Namespace, cfg) -> str:
+    path = getattr(args, "hypervisor", None) or cfg.xen.hypervisor
+    if path == "embedded":
+        print("pmemd: this command needs the simulator's socket: set [xen] hypervisor or pass --hypervisor",
+              file=sys.stderr)
+        raise SystemExit(EXIT_BAD_VALUE)
+    return path
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Run the simulated Xen host (hypervisor, and xenstored when asked) until SIGTERM/SIGINT."""
+    import trio
+
+    from pmemd import logs
+    from pmemd.lifecycle import run_until_signalled
+    from pmemd.sim.hypervisor import serve_hypervisor
+
+    logs.configure(args.log_format)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_hypervisor, args.socket)
+            if args.xenstore:
+                from pmemd.sim.xenstored import serve_xenstored
+
+                await nursery.start(serve_xenstored, args.xenstore)
+            print("ready", flush=True)
+
+    return run_until_signalled(main)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve one guest's NVDIMMs until SIGTERM/SIGINT."""
+    from pmemd import logs
+    from pmemd.daemon import serve_guest
+    from pmemd.lifecycle import run_until_signalled
+
+    cfg = _load_config(args)
+    logs.configure(args.log_format, domid=cfg.domid)
+    socket = _hypervisor_socket(args, cfg)
+
+    async def main() -> None:
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_guest, cfg, socket)
+
+    return run_until_signalled(main)
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    """Do what the toolstack does with a simulated domain."""
+    from pmemd.xen.control import DomainControl
+    from pmemd.xen.errors import HypervisorError
+
+    cfg = _load_config(args)
+    try:
+        with DomainControl(_hypervisor_socket(args, cfg)) as control:
+            if args.action == "create":
+                info = control.create_from(cfg.domid, cfg.guest)
+            elif args.action == "unpause":
+                control.unpause(cfg.domid)
+                info = control.info(cfg.domid)
+            elif args.action == "destroy":
+                control.destroy(cfg.domid)
+                print(json.dumps({"domid": cfg.domid, "state": "destroyed"}))
+                return 0
+            else:
+                info = control.info(cfg.domid)
+    except (HypervisorError, OSError) as e:
+        print(f"pmemd: domain {args.action} {cfg.domid}: {e}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    print(json.dumps({"domid": info.domid, "state": info.state, "vcpus": info.vcpus,
+                      **({"crash_reason": info.crash_reason} if info.crash_reason else {})}))
+    return 0
+
+
+def cmd_guest(args: argparse.Namespace) -> int:
+    """Run a JSON Lines script of _DSM calls and memory accesses as the guest."""
+    from pmemd.sim.guest_driver import Guest, run_script
+
+    cfg = _load_config(args)
+    guest = Guest(cfg, _hypervisor_socket(args, cfg))
+    if args.script == "-":
+        return run_script(guest, sys.stdin, sys.stdout)
+    try:
+        with open(args.script) as script:
+            return run_script(guest, script, sys.stdout)
+    except OSError as e:
+        print(f"pmemd: cannot read script {args.script}: {e.strerror}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the main job on the embedded default config and print a readable report."""
     from pmemd.demo import run_demo
@@ -64,6 +157,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="guest config (TOML)")
     p.add_argument("--out", required=True, help="directory for NFIT.bin, SSDT.bin, NVDR.bin")
     p.set_defaults(func=cmd_acpi)
+
+    p = sub.add_parser("run", help="serve one guest's NVDIMMs (the per-guest daemon)")
+    p.add_argument("--config", required=True, help="guest config (TOML)")
+    p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
+    p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
+    p.add_argument("--log-format", choices=["json", "console"], default="json", help="log format (default json)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sim", help="run the simulated Xen host")
+    p.add_argument("--socket", required=True, help="Unix socket for the simulated hypervisor")
+    p.add_argument("--xenstore", help="also serve an embedded xenstored on this Unix socket")
+    p.add_argument("--log-format", choices=["json", "console"], default="json", help="log format (default json)")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("domain", help="create, unpause, destroy or inspect a simulated domain")
+    p.add_argument("action", choices=["create", "unpause", "destroy", "info"])
+    p.add_argument("--config", required=True, help="guest config (TOML): domid, vCPUs, memory layout")
+    p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
+    p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
+    p.set_defaults(func=cmd_domain)
+
+    p = sub.add_parser("guest", help="run scripted _DSM calls as the simulated guest")
+    p.add_argument("--config", required=True, help="guest config (TOML)")
+    p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
+    p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
+    p.add_argument("script", help="JSON Lines script, or - for standard input")
+    p.set_defaults(func=cmd_guest)
 
     p = sub.add_parser("demo", help="run pmemd on the embedded simulator and print a report")
     p.add_argument("--config", default=None, help="guest config (default: configs/example.toml's content)")

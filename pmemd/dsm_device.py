@@ -1,0 +1,99 @@
+"""The guest-facing end of `_DSM`: the DSM page and its notify port, as ioreqs see them.
+
+In `mmio` mode the page is a trapped MMIO page: its bytes live here, in a private
+buffer the guest reads and writes one access at a time. In `ram` mode the page is guest
+RAM reached through a foreign mapping, and only the notify port traps. Either way a
+4-byte write to the notify port runs the call: the page is copied (the guest may keep
+writing while we work), the dispatcher answers the copy, and the reply is written back
+before the notify completes — so the guest's next read sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import structlog
+
+from acpi import dsm_buffer as layout
+from pmemd.config import DsmConfig
+from pmemd.ioreq.device import IoRange
+
+log = structlog.get_logger("pmemd.dsm")
+
+Dispatch = Callable[[bytes], bytes]
+
+
+@dataclass
+class DsmStatistics:
+    calls: int = 0
+    bad_notifies: int = 0
+    page_reads: int = 0
+    page_writes: int = 0
+    by_function: dict[int, int] = field(default_factory=dict)
+
+
+class DsmPageDevice:
+    """Serve the DSM page (`mmio` mode) and the notify port for one guest.
+
+    `ram_page`, required in `ram` mode, is a writable view of the page in guest RAM.
+    """
+
+    def __init__(self, dsm: DsmConfig, dispatch: Dispatch, ram_page: memoryview | None = None) -> None:
+        if dsm.mode == "ram" and (ram_page is None or len(ram_page) != layout.PAGE_SIZE):
+            raise ValueError("ram mode needs a one-page view of the DSM page in guest RAM")
+        self.dsm = dsm
+        self.dispatch = dispatch
+        self.page: bytearray | memoryview = ram_page if dsm.mode == "ram" else bytearray(layout.PAGE_SIZE)
+        self.stats = DsmStatistics()
+
+    def io_ranges(self) -> Sequence[IoRange]:
+        port = self.dsm.notify_port
+        ranges = [IoRange(False, port, port + layout.NOTIFY_WIDTH - 1)]
+        if self.dsm.mode == "mmio":
+            ranges.append(IoRange(True, self.dsm.page, self.dsm.page + layout.PAGE_SIZE - 1))
+        return ranges
+
+    # -- notify port ---------------------------------------------------------------------
+
+    def port_read(self, port: int, size: int) -> int:
+        """The notify register reads as zero, as QEMU's does."""
+        return 0
+
+    def port_write(self, port: int, size: int, value: int) -> None:
+        if port != self.dsm.notify_port or size != layout.NOTIFY_WIDTH:
+            self._bad_notify("notify must be one 4-byte write to the port", port=port, size=size)
+            return
+        if value != self.dsm.page & 0xFFFFFFFF:
+            self._bad_notify("notify value is not the DSM page address", port=port, value=value)
+        self.run_call()
+
+    def run_call(self) -> None:
+        request = bytes(self.page)  # private copy: the guest may rewrite the page meanwhile
+        reply = self.dispatch(request)
+        self.page[: len(reply)] = reply
+        self.stats.calls += 1
+        function = int.from_bytes(request[8:12], "little")
+        self.stats.by_function[function] = self.stats.by_function.get(function, 0) + 1
+
+    def _bad_notify(self, message: str, **fields: int) -> None:
+        self.stats.bad_notifies += 1
+        log.warning(message, **{k: hex(v) for k, v in fields.items()})
+
+    # -- DSM page (mmio mode) ------------------------------------------------------------
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        offset = self._offset(addr, size)
+        self.stats.page_reads += 1
+        return int.from_bytes(self.page[offset : offset + size], "little")
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        offset = self._offset(addr, size)
+        self.stats.page_writes += 1
+        self.page[offset : offset + size] = value.to_bytes(size, "little")
+
+    def _offset(self, addr: int, size: int) -> int:
+        offset = addr - self.dsm.page
+        if not 0 <= offset <= layout.PAGE_SIZE - size:
+            raise ValueError(f"access [{addr:#x}, +{size}) is outside the DSM page")
+        return offset
