@@ -12,6 +12,7 @@ different classes with different names; nothing is overloaded.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ def _block(opcode: bytes, body: bytes) -> bytes:
 _SEG_RE = re.compile(r"^[A-Z_][A-Z0-9_]{3}$")
 
 
+@functools.lru_cache(maxsize=4096)
 def name_seg(seg: str) -> bytes:
     """A NameSeg: exactly four characters, a lead of A-Z or _, then A-Z, 0-9 or _."""
     if not _SEG_RE.match(seg):
@@ -176,7 +178,10 @@ class Path(Term):
         self._parts()
 
     def _parts(self) -> tuple[bytes, list[str]]:
-        p = self.path
+        return self._split(self.path)
+
+    @staticmethod
+    def _split(p: str) -> tuple[bytes, list[str]]:
         prefix = b""
         if p.startswith("\\"):
             prefix, p = b"\\", p[1:]
@@ -189,19 +194,22 @@ class Path(Term):
         return prefix, segs
 
     def encode(self) -> bytes:
-        prefix, segs = self._parts()
-        raw = [name_seg(s) for s in segs]
-        if not raw:
-            return prefix + bytes([NULL_NAME])
-        if len(raw) == 1:
-            return prefix + raw[0]
-        if len(raw) == 2:
-            return prefix + bytes([DUAL_NAME_PREFIX]) + raw[0] + raw[1]
-        return prefix + bytes([MULTI_NAME_PREFIX, len(raw)]) + b"".join(raw)
+        return _encode_path(self.path)
 
 
-def _path(p: str | Path) -> Path:
-    return p if isinstance(p, Path) else Path(p)
+@functools.lru_cache(maxsize=4096)
+def _encode_path(path: str) -> bytes:
+    """NameString bytes for an already validated path (paths repeat: encode each once)."""
+    prefix, segs = Path._split(path)
+    prefix, segs = Path._split(path)
+    raw = [name_seg(s) for s in segs]
+    if not raw:
+        return prefix + bytes([NULL_NAME])
+    if len(raw) == 1:
+        return prefix + raw[0]
+    if len(raw) == 2:
+        return prefix + bytes([DUAL_NAME_PREFIX]) + raw[0] + raw[1]
+    return prefix + bytes([MULTI_NAME_PREFIX, len(raw)]) + b"".join(raw)
 
 
 # ---------------------------------------------------------------------------------------

@@ -201,17 +201,27 @@ def platform_capabilities(persistence: Persistence) -> dict:
     return dict(highest_capability=caps.bit_length() - 1, capabilities=caps)
 
 
+# Compiled builders for the fixed structures: the values come from a validated config,
+# not from a guest, and compilation makes building 256 DIMMs' NFIT ~4x faster
+# (bench/acpi_build.py). Parsing keeps the interpreted declarations.
+_COMPILED = {layout: layout.compile() for layout in (SpaRange, MemoryDeviceMap, ControlRegion, PlatformCapabilities)}
+
+
+def _build(layout: Struct, values: dict) -> bytes:
+    return _COMPILED[layout].build(dict(header={}, **values))
+
+
 def nfit_structures(dimms: Iterable[Dimm], persistence: Persistence | None) -> bytes:
     """The NFIT's structures without the table header: also what `_FIT` would return."""
     out = bytearray()
     for d in sorted(dimms, key=lambda d: d.slot):
-        out += SpaRange.build(spa_range(d))
-        out += MemoryDeviceMap.build(memory_device_map(d))
-        out += ControlRegion.build(control_region(d))
+        out += _build(SpaRange, spa_range(d))
+        out += _build(MemoryDeviceMap, memory_device_map(d))
+        out += _build(ControlRegion, control_region(d))
         if d.flush_hint is not None:
             out += FlushHintAddress.build(flush_hint(d))
     if persistence is not None:
-        out += PlatformCapabilities.build(platform_capabilities(persistence))
+        out += _build(PlatformCapabilities, platform_capabilities(persistence))
     return bytes(out)
 
 
@@ -229,6 +239,8 @@ def parse_nfit(data: bytes) -> list[dict]:
     table = parse_table(data)
     if table.header.signature != "NFIT":
         raise ValueError(f"not an NFIT: signature {table.header.signature!r}")
+    if len(table.body) < 4:
+        raise ValueError(f"NFIT of {len(data)} bytes is truncated: its 4 reserved bytes are missing")
     body = table.body[4:]
     structures = []
     pos = 0

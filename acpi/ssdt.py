@@ -23,6 +23,7 @@ through buffers, so it behaves the same under 32-bit (revision 1) and 64-bit tab
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 from acpi import dsm_buffer as page
@@ -62,6 +63,7 @@ from acpi.aml import (
     OperationRegion,
     Package,
     Path,
+    RawAml,
     Return,
     Scope,
     ShiftLeft,
@@ -250,7 +252,7 @@ def _label_input() -> list[Term]:
     ]
 
 
-def _dsm_method(family: str, handle: int) -> Method:
+def _dsm_method(family: str, handle: TermLike) -> Method:
     """_DSM: the right UUID goes to the device model; any other is answered here, untrapped."""
     return Method(
         "_DSM",
@@ -264,7 +266,7 @@ def _dsm_method(family: str, handle: int) -> Method:
     )
 
 
-def _label_methods(handle: int) -> list[Method]:
+def _label_methods(handle: TermLike) -> list[Method]:
     return [
         Method(
             "_LSI", 0,
@@ -286,15 +288,20 @@ def _label_methods(handle: int) -> list[Method]:
     ]
 
 
+@functools.lru_cache(maxsize=None)
+def _dimm_methods(family: str) -> RawAml:
+    """A DIMM's `_DSM` and label methods, encoded once per family.
+
+    They take the handle from the device's own `_ADR` (found by the namespace search
+    from inside the method), so every DIMM of a family shares the same bytes.
+    """
+    handle = Path("_ADR")
+    return RawAml(definition_block_body(_dsm_method(family, handle), *_label_methods(handle)))
+
+
 def dimm_device(dimm: Dimm) -> Device:
     """NVxx: `_ADR` = NFIT handle, the family `_DSM`, and the label methods."""
-    handle = nfit_handle(dimm.slot)
-    return Device(
-        device_name(dimm.slot),
-        Name("_ADR", handle),
-        _dsm_method(str(dimm.family), handle),
-        *_label_methods(handle),
-    )
+    return Device(device_name(dimm.slot), Name("_ADR", nfit_handle(dimm.slot)), _dimm_methods(str(dimm.family)))
 
 
 def nvdr_terms(dimms: Iterable[Dimm], dsm: DsmPage) -> tuple[Term, ...]:

@@ -180,7 +180,9 @@ def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: 
     xen = _xen(_table(raw, "xen"))
     qmp = _table(raw, "qmp")
     _reject_unknown(qmp, {"socket"}, "qmp")
-    qmp_socket = Path(str(qmp.get("socket", f"/var/run/xen/qmp-pmemd-{domid}")))
+    qmp_socket = qmp.get("socket", f"/var/run/xen/qmp-pmemd-{domid}")
+    if not isinstance(qmp_socket, str) or not qmp_socket:
+        raise ConfigError("qmp.socket", f"must be a socket path, got {qmp_socket!r}")
     platform = _table(raw, "platform")
     _reject_unknown(platform, {"persistence"}, "platform")
     persistence = platform.get("persistence")
@@ -191,7 +193,7 @@ def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: 
         raise ConfigError("nvdimm", "must be an array of tables ([[nvdimm]])")
     nvdimms = _place_nvdimms([_nvdimm(e, i, base_dir) for i, e in enumerate(entries)], guest)
     _check_nvdimm_overlaps(nvdimms, guest, dsm)
-    return Config(domid, guest, dsm, xen, qmp_socket, persistence, tuple(nvdimms), source)
+    return Config(domid, guest, dsm, xen, Path(qmp_socket), persistence, tuple(nvdimms), source)
 
 
 def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -309,13 +309,8 @@ def test_parse_nfit_refuses_a_truncated_structure() -> None:
         parse_nfit(nfit_of(good_spa()[:40]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_nfit slices body[4:] without checking the 4 reserved bytes exist, so a "
-    "36..39-byte 'NFIT' parses as an empty table instead of being refused as truncated",
-)
 def test_parse_nfit_refuses_a_table_without_its_reserved_field() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reserved bytes are missing"):
         parse_nfit(finish_table("NFIT", 1, b"\0\0"))
 
 

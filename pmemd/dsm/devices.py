@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from acpi.layout import nfit_handle
 from acpi.dsm_buffer import ROOT_HANDLE
 
 from pmemd.config import NvdimmConfig
@@ -18,9 +19,7 @@ from .media import MediaErrors
 from .notify import NotifyQueue
 
 
-def slot_to_handle(slot: int) -> int:
-    """A DIMM's NFIT device handle: slot + 1, so that handle 0 stays the root's."""
-    return slot + 1
+slot_to_handle = nfit_handle  # one definition, shared with the NFIT and SSDT builders
 
 
 def handle_to_slot(handle: int) -> int:
