@@ -227,6 +227,16 @@ def test_start_after_a_scrub_finished_is_accepted() -> None:
     assert start(g, *g.spa(1))[0] == Status.SUCCESS
 
 
+def test_a_refused_start_leaves_the_running_scrub_in_place() -> None:
+    g = guest()
+    base, size = g.spa(0)
+    start(g, base, size)
+    start(g, *g.spa(1))
+    g.clock.advance(size / RATE)
+    header = status(g)[1].header
+    assert (header.address, header.length) == (base, size)
+
+
 def test_start_outside_the_guest_spa_is_invalid_input() -> None:
     g = guest()
     assert start(g, 0x100000, 4096) == (Status.INVALID_INPUT, b"")

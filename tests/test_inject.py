@@ -16,7 +16,7 @@ from pmemd.dsm.notify import drain_notifies
 from pmemd.dsm.page import encode_request
 from pmemd.dsm.poison import PoisonLimitError
 from pmemd.dsm.root_layouts import ARS_START_BUSY, MAX_INJECT_RECORDS, InjectStatusOutput
-from tests.test_ars import ROOT, Guest, guest, inject_input, records_of, rng, scrub_to_completion, start, status
+from tests.test_ars import ROOT, Guest, guest, inject_input, rng, scrub_to_completion
 
 DIMM = 1
 
@@ -219,11 +219,3 @@ def test_random_inputs_never_make_a_handler_fail(calls: list[tuple[int, int, int
             g.clock.advance(advance)
     assert [entry for entry in logs if entry["event"] == "dsm handler failed"] == []
 
-
-def test_status_after_a_refused_start_still_reports_the_running_scrub() -> None:
-    g = guest()
-    base, size = g.spa()
-    start(g, base, size)
-    assert start(g, base, size)[0] == ARS_START_BUSY
-    g.clock.advance(size / 1)  # long past the deadline at any rate
-    assert records_of(status(g)[1]) == []
