@@ -1,14 +1,17 @@
-"""The per-guest daemon: label stores, the DSM dispatcher, and the ioreq server for the page.
+"""The per-guest daemon: a fixed sequence of setup steps, undone in reverse exactly once.
 
-`serve_guest` is the daemon's whole job for one domain, as a trio task that reports
-started only once the ioreq server is enabled; cancelling it tears everything down in
-reverse order (ioreq server, hypervisor connection, label stores).
+Each step is an async context manager factory taking the `Guest` being set up; it may
+add what it creates to the guest (so later steps and the supervisor can use it) and
+undoes its own work on exit. `serve_guest` enters them in `STEPS` order on an
+AsyncExitStack, reports started once all are in, and on cancellation or failure the
+stack unwinds them in reverse — so a failure at any step leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Mapping
 
 import structlog
 import trio
@@ -16,45 +19,119 @@ import trio
 from acpi.dsm_buffer import PAGE_SIZE
 from pmemd.config import Config
 from pmemd.dsm.build import build_dispatcher
+from pmemd.dsm.dispatcher import Dispatcher
 from pmemd.dsm.label_file import open_label_stores
+from pmemd.dsm.label_store import LabelStore
 from pmemd.dsm_device import DsmPageDevice
 from pmemd.ioreq.server import IoreqServer
+from pmemd.tables import Tables, build_tables
+from pmemd.xen.api import DeviceModelHypervisor
 from pmemd.xen.sim_client import SimDeviceModel
 
 log = structlog.get_logger("pmemd.daemon")
 
 
 @dataclass
-class Running:
-    """What a running daemon exposes to its supervisor (statistics, tests)."""
+class Guest:
+    """One guest as the daemon serves it; steps fill it in as they complete."""
 
     config: Config
-    server: IoreqServer
-    device: DsmPageDevice
+    hypervisor_socket: str
+    nursery: trio.Nursery
+    tables: Tables
+    hv: DeviceModelHypervisor | None = None
+    labels: Mapping[int, LabelStore] = field(default_factory=dict)
+    dispatcher: Dispatcher | None = None
+    device: DsmPageDevice | None = None
+    server: IoreqServer | None = None
+    completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
+
+
+Step = Callable[[Guest], contextlib.AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def open_hypervisor(guest: Guest) -> AsyncIterator[None]:
+    """The hypervisor handles (libxendevicemodel, foreign memory, event channels)."""
+    guest.hv = await SimDeviceModel.connect(guest.hypervisor_socket, guest.config.domid)
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            await guest.hv.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_dsm_handlers(guest: Guest) -> AsyncIterator[None]:
+    """Label stores (one file each, held open) and the dispatcher over them."""
+    with contextlib.ExitStack() as stack:
+        guest.labels = open_label_stores(guest.config, stack)
+        guest.dispatcher = build_dispatcher(guest.config, guest.labels)
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_dsm_page(guest: Guest) -> AsyncIterator[None]:
+    """The ioreq server for the DSM page and notify port; enabled when this step is in."""
+    assert guest.hv is not None and guest.dispatcher is not None
+    dsm = guest.config.dsm
+    ram_page = None
+    if dsm.mode == "ram":
+        ram_page = (await guest.hv.map_foreign(dsm.page // PAGE_SIZE, 1))[:PAGE_SIZE]
+    guest.device = DsmPageDevice(dsm, guest.dispatcher.dispatch, ram_page)
+    guest.server = IoreqServer(guest.hv, guest.device, guest.device.io_ranges())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(guest.server.run)
+        try:
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+# Setup order (the toolstack issue's order): hypervisor handles, handlers, ioreq server
+# (create, map pages, bind channels, map ranges, enable); then table publication, pmem
+# mapping and the "running" state key, as those steps land.
+STEPS: list[tuple[str, Step]] = [
+    ("hypervisor", open_hypervisor),
+    ("dsm-handlers", open_dsm_handlers),
+    ("ioreq-server", serve_dsm_page),
+]
 
 
 async def serve_guest(
     config: Config,
     hypervisor_socket: str,
     *,
-    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    steps: list[tuple[str, Step]] | None = None,
+    task_status: trio.TaskStatus[Guest] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve domain `config.domid`'s NVDIMM `_DSM` interface until cancelled."""
-    with contextlib.ExitStack() as stack:
-        labels = open_label_stores(config, stack)
-        dispatcher = build_dispatcher(config, labels)
-        hv = await SimDeviceModel.connect(hypervisor_socket, config.domid)
-        try:
-            ram_page = None
-            if config.dsm.mode == "ram":
-                ram_page = (await hv.map_foreign(config.dsm.page // PAGE_SIZE, 1))[:PAGE_SIZE]
-            device = DsmPageDevice(config.dsm, dispatcher.dispatch, ram_page)
-            server = IoreqServer(hv, device, device.io_ranges())
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
-                log.info("running", mode=config.dsm.mode, page=hex(config.dsm.page),
-                         nvdimms=len(config.nvdimms), labels=sorted(labels))
-                task_status.started(Running(config, server, device))
-        finally:
-            with trio.CancelScope(shield=True):
-                await hv.aclose()
+    """Set up every step for domain `config.domid`, report started, serve until cancelled."""
+    async with trio.open_nursery() as nursery:
+        guest = Guest(config, hypervisor_socket, nursery, build_tables(config))
+        async with contextlib.AsyncExitStack() as stack:
+            for name, step in STEPS if steps is None else steps:
+                await stack.enter_async_context(_logged(name, step, guest))
+            log.info("running", mode=config.dsm.mode, page=hex(config.dsm.page),
+                     nvdimms=len(config.nvdimms), labels=sorted(guest.labels))
+            task_status.started(guest)
+            await trio.sleep_forever()
+
+
+@contextlib.asynccontextmanager
+async def _logged(name: str, step: Step, guest: Guest) -> AsyncIterator[None]:
+    """Enter one step, recording it in `guest.completed` while it is in place."""
+    entered = False
+    try:
+        async with step(guest):
+            entered = True
+            guest.completed.append(name)
+            try:
+                yield
+            finally:
+                guest.completed.remove(name)
+    except Exception as e:
+        if not entered:
+            log.error("setup step failed", step=name, error=str(e))
+        raise
+    if entered:
+        log.info("step undone", step=name)
