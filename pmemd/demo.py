@@ -1,33 +1,152 @@
-"""`pmemd demo`: the main job on the embedded defaults, with a readable report."""
+"""`pmemd demo`: the main job on the embedded simulator, with a readable report.
+
+One process plays the host: the simulated hypervisor and the daemon run in it (embedded),
+the toolstack's steps are direct calls on the simulator, and the guest is a separate
+`pmemd guest` process running a short script — the same path every end-to-end test takes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tempfile
+import tomllib
 from pathlib import Path
+from typing import Any
+
+import trio
 
 from acpi.nfit import parse_nfit
 from acpi.table import parse_table
 from pmemd import config as configmod
+from pmemd import logs
+from pmemd.daemon import serve_guest
+from pmemd.sim.hv_domain import Layout
+from pmemd.sim.hypervisor import serve_hypervisor
 from pmemd.tables import build_tables
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "example.toml"
+LABEL_OFFSET = 0x100
+LABEL_BLOCK = bytes(range(256))
+
+
+def demo_script(cfg: configmod.Config) -> list[dict[str, Any]]:
+    """What the demo asks: masks, label size, a label block written and read back, bad calls."""
+    slot = cfg.nvdimms[0].slot
+    offset_length = LABEL_OFFSET.to_bytes(4, "little") + len(LABEL_BLOCK).to_bytes(4, "little")
+    past_end = (cfg.nvdimms[0].label_size - 16).to_bytes(4, "little") + (32).to_bytes(4, "little")
+    return [
+        {"dimm": None, "function": 0, "revision": 1},
+        {"dimm": slot, "function": 0, "revision": 1},
+        {"dimm": slot, "function": 0, "revision": 2},
+        {"dimm": slot, "function": 4, "revision": 1},
+        {"dimm": slot, "function": 6, "revision": 1, "arg3": (offset_length + LABEL_BLOCK).hex()},
+        {"dimm": slot, "function": 5, "revision": 1, "arg3": offset_length.hex()},
+        {"dimm": slot, "function": 5, "revision": 1, "arg3": past_end.hex()},
+        {"dimm": slot, "function": 1, "revision": 1, "uuid": "2f10e7a4-9e91-11e4-89d3-123b93f75cba"},
+    ]
+
+
+def demo_config(source: Path, workdir: Path) -> configmod.Config:
+    """The example config with its files and sockets moved into `workdir`."""
+    with source.open("rb") as f:
+        raw = tomllib.load(f)
+    raw["xen"] = {"hypervisor": str(workdir / "hypervisor.sock"), "xenstore": "embedded"}
+    raw["qmp"] = {"socket": str(workdir / "qmp.sock")}
+    for i, nvdimm in enumerate(raw.get("nvdimm", [])):
+        nvdimm["backing"] = str(workdir / f"nv{i}.img")
+    return configmod.from_mapping(raw, base_dir=workdir)
+
+
+def mask_bits(out_hex: str) -> list[int]:
+    mask = int.from_bytes(bytes.fromhex(out_hex)[:4], "little")
+    return [bit for bit in range(32) if mask >> bit & 1 and bit]
+
+
+STATUS_NAMES = {0: "success", 1: "not supported", 2: "no such device", 3: "invalid input", 4: "hardware error"}
+
+
+def report(cfg: configmod.Config, results: list[dict[str, Any]]) -> list[str]:
+    """Readable lines, one per scripted call."""
+    root0, dimm0, dimm0_r2, size, write, read, past, wrong = results
+    name = f"NV{cfg.nvdimms[0].slot:02X}"
+
+    def traps(r: dict[str, Any]) -> str:
+        return f"{r['ioreqs']} trap{'s' if r['ioreqs'] != 1 else ''}"
+
+    def status(r: dict[str, Any]) -> str:
+        return f"status {r['status']} ({STATUS_NAMES.get(r['status'], 'extended')})"
+
+    label = bytes.fromhex(size["out"])
+    read_back = bytes.fromhex(read["out"])[4:]
+    return [
+        f"root _DSM function 0: functions {mask_bits(root0['out'])} ({traps(root0)})",
+        f"{name} function 0, revision 1: functions {mask_bits(dimm0['out'])} ({traps(dimm0)})",
+        f"{name} function 0, revision 2: functions {mask_bits(dimm0_r2['out'])} ({traps(dimm0_r2)})",
+        f"{name} label area: {int.from_bytes(label[4:8], 'little')} bytes, max transfer "
+        f"{int.from_bytes(label[8:12], 'little')} bytes ({traps(size)})",
+        f"{name} label write of {len(LABEL_BLOCK)} bytes at {LABEL_OFFSET:#x}: {status(write)} ({traps(write)})",
+        f"{name} label read back: {status(read)}, "
+        f"{'matches' if read_back == LABEL_BLOCK else 'DOES NOT MATCH'} ({traps(read)})",
+        f"{name} label read past the area: {status(past)} ({traps(past)})",
+        f"{name} called with the root's UUID: {status(wrong)}, answered by the AML ({traps(wrong)})",
+    ]
+
+
+async def run_guest(cfg: configmod.Config, source: Path, script: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run `script` in a separate `pmemd guest` process (the guest needs no backing files)."""
+    text = "".join(json.dumps(line) + "\n" for line in script)
+    proc = await trio.run_process(
+        [sys.executable, "-m", "pmemd.cli", "guest", "--config", str(source),
+         "--hypervisor", cfg.xen.hypervisor, "-"],
+        stdin=text.encode(), capture_stdout=True, check=True,
+    )
+    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
+
+
+async def demo(cfg: configmod.Config, source: Path, log_path: Path) -> list[str]:
+    for nvdimm in cfg.nvdimms:
+        with open(nvdimm.backing, "wb") as f:
+            f.truncate(nvdimm.size)
+    async with trio.open_nursery() as nursery:
+        hypervisor = await nursery.start(serve_hypervisor, cfg.xen.hypervisor)
+        guest = cfg.guest
+        domain = hypervisor.create_domain(cfg.domid, Layout(guest.lowmem, guest.highmem, guest.mmio_hole, guest.vcpus))
+        daemon = await nursery.start(serve_guest, cfg, cfg.xen.hypervisor)
+        domain.unpause()
+        results = await run_guest(cfg, source, demo_script(cfg))
+        stats = daemon.server.statistics()
+        lines = report(cfg, results)
+        lines.append(f"daemon: {daemon.device.stats.calls} _DSM calls, {stats.served} ioreqs served, "
+                     f"setup steps {daemon.completed}; log in {log_path}")
+        nursery.cancel_scope.cancel()
+    return lines
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else DEFAULT_CONFIG
-    cfg = configmod.load(path)
-    tables = build_tables(cfg)
-    print(f"pmemd demo: guest domain {cfg.domid}, {len(cfg.nvdimms)} NVDIMM(s), DSM page "
-          f"{cfg.dsm.page:#x} ({cfg.dsm.mode} mode), notify port {cfg.dsm.notify_port:#x}")
-    for d in cfg.nvdimms:
-        print(f"  NV{d.slot:02X}: {d.backing} -> guest [{d.address:#x}, {d.end:#x}) "
-              f"{d.pmem_size >> 20} MiB PMEM, {d.label_size >> 10} KiB labels, node {d.node}"
-              + (", unarmed" if d.unarmed else ""))
-    for name, data in tables.files().items():
-        note = ""
-        if name != "NVDR.bin":
-            parse_table(data)
-            note = " checksum ok"
-        print(f"  {name}: {len(data)} bytes{note}")
-    print(f"  NFIT structures: {[s.header.type for s in parse_nfit(tables.nfit)]}")
+    source = Path(args.config) if args.config else DEFAULT_CONFIG
+    with tempfile.TemporaryDirectory(prefix="pmemd-demo-") as tmp:
+        workdir = Path(tmp)
+        cfg = demo_config(source, workdir)
+        tables = build_tables(cfg)
+        print(f"pmemd demo: domain {cfg.domid}, {len(cfg.nvdimms)} NVDIMM(s), DSM page {cfg.dsm.page:#x} "
+              f"({cfg.dsm.mode} mode), notify port {cfg.dsm.notify_port:#x}")
+        for d in cfg.nvdimms:
+            print(f"  NV{d.slot:02X}: guest [{d.address:#x}, {d.end:#x}) {d.pmem_size >> 20} MiB PMEM, "
+                  f"{d.label_size >> 10} KiB labels, node {d.node}" + (", unarmed" if d.unarmed else ""))
+        for name, data in tables.files().items():
+            note = ""
+            if name != "NVDR.bin":
+                parse_table(data)
+                note = ", checksum ok"
+            print(f"  {name}: {len(data)} bytes{note}")
+        print(f"  NFIT structure types: {[s.header.type for s in parse_nfit(tables.nfit)]}")
+        log_path = Path(tempfile.gettempdir()) / f"pmemd-demo-{cfg.domid}.log"
+        with log_path.open("w") as log_file:
+            logs.configure("json", domid=cfg.domid, stream=log_file)
+            lines = trio.run(demo, cfg, source, log_path)
+        print("guest calls (as the generated AML makes them):")
+        for line in lines:
+            print(f"  {line}")
     return 0
