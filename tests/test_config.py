@@ -506,7 +506,7 @@ def test_example_config_loads() -> None:
     assert cfg.dsm == config.DsmConfig("mmio", 0xFBFFF000, 0x0A18)
     assert cfg.persistence == "cpu"
     (dimm,) = cfg.nvdimms
-    assert (dimm.address, dimm.pmem_size, dimm.label_size) == (5 * GiB, GiB, 2 * MiB)
+    assert (dimm.address, dimm.pmem_size, dimm.label_size) == (5 * GiB, 256 * MiB, 2 * MiB)
 
 
 def test_multi_config_loads() -> None:
