@@ -450,7 +450,7 @@ def test_iasl_sees_no_capabilities_when_persistence_is_not_configured(tmp_path: 
 def test_iasl_sees_the_example_dimm(tmp_path: Path) -> None:
     _, records, _ = decoded(build_tables(load("example.toml")).nfit, tmp_path)
     spa, memdev, dcr, _caps = records
-    assert (spa["Address Range Base"].int, spa["Address Range Length"].int) == (5 * GiB, GiB)
+    assert (spa["Address Range Base"].int, spa["Address Range Length"].int) == (5 * GiB, 256 * MiB)
     assert (memdev["Device Handle"].int, memdev["Range Index"].int, memdev["Control Region Index"].int) == (1, 2, 3)
     assert dcr["Serial Number"].int == 0x504D0000
 
