@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import structlog
 
 from acpi import dsm_buffer as layout
+from pmemd import logs
 from pmemd.config import DsmConfig
 from pmemd.ioreq.device import IoRange
 
@@ -78,7 +79,7 @@ class DsmPageDevice:
 
     def _bad_notify(self, message: str, **fields: int) -> None:
         self.stats.bad_notifies += 1
-        log.warning(message, **{k: hex(v) for k, v in fields.items()})
+        logs.refused("dsm-notify", reason=message, **{k: hex(v) for k, v in fields.items()})
 
     # -- DSM page (mmio mode) ------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from typing import Any, Generic, Mapping
 
 import structlog
 
+from pmemd import logs
+
 from .call import MAX_OUTPUT, Call, D, InvalidInput, Reply, Status
 from .functions import FunctionTable
 from .page import MalformedRequest, decode_request, encode_mask, encode_status
@@ -55,6 +57,7 @@ class Dispatcher:
         try:
             call = decode_request(page)
         except MalformedRequest as e:
+            logs.refused("dsm-input-length", handle=e.handle, function=e.function, reason=str(e))
             if e.function == 0:
                 return encode_mask(0)
             return encode_status(Status.INVALID_INPUT)
@@ -90,7 +93,8 @@ class Dispatcher:
             reply = entry.handler(call, target.device)
             _check_reply(reply)
             return reply
-        except InvalidInput:
+        except InvalidInput as e:
+            logs.refused(f"dsm-invalid-input-{call.function}", handle=call.handle, reason=str(e))
             return Reply.failure(Status.INVALID_INPUT)
         except Exception:
             log.exception(
