@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -61,13 +62,23 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     from pmemd import logs
     from pmemd.lifecycle import run_until_signalled
-    from pmemd.sim.hypervisor import serve_hypervisor
+    from pmemd.sim.hv_pmem import load_host_pmem
+    from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
+    from pmemd.xen.errors import HypervisorError
 
     logs.configure(args.log_format)
+    hypervisor = Hypervisor()
+    try:
+        for path in args.host_pmem:
+            for region in load_host_pmem(path):
+                hypervisor.pmem.add_region(region)
+    except HypervisorError as e:
+        print(f"pmemd: --host-pmem: {e.message}", file=sys.stderr)
+        return EXIT_BAD_VALUE
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_hypervisor, args.socket)
+            await nursery.start(partial(serve_hypervisor, args.socket, hypervisor=hypervisor))
             if args.xenstore:
                 from pmemd.sim.xenstored import serve_xenstored
 
@@ -168,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="run the simulated Xen host")
     p.add_argument("--socket", required=True, help="Unix socket for the simulated hypervisor")
     p.add_argument("--xenstore", help="also serve an embedded xenstored on this Unix socket")
+    p.add_argument("--host-pmem", action="append", default=[], metavar="FILE",
+                   help="TOML [[region]] tables describing host pmem and its files (repeatable)")
     p.add_argument("--log-format", choices=["json", "console"], default="json", help="log format (default json)")
     p.set_defaults(func=cmd_sim)
 

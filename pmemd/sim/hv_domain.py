@@ -23,6 +23,8 @@ import trio
 
 from pmemd.ioreq import abi
 from pmemd.ioreq.machine import IoRequest, Verdict, all_ones, execute, hypervisor_observes, needs_completion
+from pmemd.ioreq.device import Device
+from pmemd.sim.hv_physmap import Physmap
 from pmemd.sim.hv_ranges import RangeSet
 from pmemd.xen.errors import DomainCrashed, HypervisorError
 
@@ -166,6 +168,8 @@ class Domain:
         self._notify = notify  # delivers a Xen-side port to whoever bound it
         self._state_changed = trio.Event()
         self.log = log.bind(domid=domid)
+        self.physmap = Physmap(layout.lowmem, layout.highmem, layout.mmio_hole)
+        self.pmem_io: Device | None = None  # set by the hypervisor: serves pmem-mapped GPAs
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -222,6 +226,7 @@ class Domain:
         for server in list(self.servers.values()):
             self._drop_server(server)
         self.ram.close()
+        self.physmap.release_pmem()
         return ports
 
     def _require_alive(self) -> None:
@@ -342,12 +347,19 @@ class Domain:
         try:
             if req.type == abi.IOREQ_TYPE_COPY and self.layout.ram_offset(req.addr, req.size) is not None:
                 return execute(req, self.ram, self.ram), False
+            if self._is_pmem(req):
+                return execute(req, self.pmem_io, self.ram), False
             server = self.select(req)
             if server is None:
                 return execute(req, UNCLAIMED, self.ram), False
             return await self._send_ioreq(vcpu, server, req), True
         finally:
             vcpu.busy = False
+
+    def _is_pmem(self, req: IoRequest) -> bool:
+        """A memory access landing on pmem: the p2m maps it, so it never traps."""
+        return (req.type == abi.IOREQ_TYPE_COPY and self.pmem_io is not None
+                and self.physmap.pmem_mfn(req.addr >> PAGE_SHIFT) is not None)
 
     async def _send_ioreq(self, vcpu: Vcpu, server: SimIoreqServer, req: IoRequest) -> int:
         page, off = server.page, vcpu.index * abi.IOREQ_SIZE

@@ -20,6 +20,10 @@ Requests (JSON, `op` plus arguments; every reply is `{"ok": true, ...}` or an er
   evtchn_bind_interdomain handle domid remote_port -> local_port
   evtchn_unbind handle port
   guest_attach domid vcpu -> layout + RAM fd; then binary GuestAccess frames
+  host_pmem_add device spa_base [data] [reserved] files   (XENPF_pmem_add; see hv_pmem)
+  host_pmem_list -> regions
+  populate_pmem_map domid mfn gfn nr_mfns               (XENMEM_populate_pmem_map)
+  physmap_info domid -> pmem_runs, pmem_frames, owned_frames
 
 Paused domains: guest accesses *wait* until the domain is unpaused (its vCPUs are not
 scheduled), and fail with ESRCH if it dies instead.
@@ -45,6 +49,7 @@ from pmemd.ioreq import abi
 from pmemd.ioreq.machine import MAX_REP_COUNT, IoRequest
 from pmemd.sim.hv_domain import RANGE_MMIO, RANGE_PORT, Domain, Layout, SimIoreqServer
 from pmemd.sim.hv_evtchn import Binding, EvtchnHandle
+from pmemd.sim.hv_pmem import HostPmem, PmemAccess, PmemRegion, populate_pmem_map
 from pmemd.xen import wire
 from pmemd.xen.errors import HypervisorError, ProtocolError, error_reply
 
@@ -62,6 +67,7 @@ class Hypervisor:
         self._handle_ids = itertools.count(1)
         self._local_ports = itertools.count(1)  # dom0's port space, shared by all handles
         self.bindings: dict[tuple[int, int], Binding] = {}  # (domid, xen port) -> binding
+        self.pmem = HostPmem()  # host pmem regions and which domain owns each frame
 
     # -- domains --------------------------------------------------------------------
     def domain(self, domid: Any) -> Domain:
@@ -77,12 +83,23 @@ class Hypervisor:
         if old is not None and old.state != "destroyed":
             raise HypervisorError(errno.EEXIST, f"domain {domid} exists")
         dom = Domain(domid, layout, self._notify_xen_port)
+        dom.pmem_io = PmemAccess(dom.physmap, self.pmem)
         self.domains[domid] = dom
         return dom
 
     def destroy_domain(self, dom: Domain) -> None:
         for port in dom.destroy():
             self._unbind(self.bindings.get((dom.domid, port)))
+        self.pmem.release(dom.domid)  # Xen's RELMEM_pmem: frames go back with the domain
+
+    def populate_pmem_map(self, dom: Domain, mfn: int, gfn: int, nr: int) -> None:
+        """XENMEM_populate_pmem_map: map host pmem frames at `gfn` in a live domain."""
+        dom._require_alive()
+
+        def ioreq_overlap(start: int, end: int) -> int | None:
+            return next((s.id for s in dom.servers.values() if s.ranges[RANGE_MMIO].overlaps(start, end)), None)
+
+        populate_pmem_map(self.pmem, dom.physmap, dom.domid, mfn, gfn, nr, ioreq_overlap)
 
     def destroy_server(self, dom: Domain, server: SimIoreqServer) -> None:
         for port in dom.destroy_server(server):
@@ -313,6 +330,25 @@ class Connection:
             raise HypervisorError(errno.EINVAL, "port not bound on this handle")
         self.hv._unbind(binding)
         return {}, []
+
+    # -- host pmem -------------------------------------------------------------------------------
+    def _op_host_pmem_add(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        self.hv.pmem.add_region(PmemRegion.from_mapping(m))
+        return {}, []
+
+    def _op_host_pmem_list(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        return {"regions": [region.as_dict() for region in self.hv.pmem.regions]}, []
+
+    def _op_populate_pmem_map(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        dom = self.hv.domain(m.get("domid"))
+        self.hv.populate_pmem_map(dom, _int(m, "mfn"), _int(m, "gfn"), _int(m, "nr_mfns"))
+        return {}, []
+
+    def _op_physmap_info(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        dom = self.hv.domain(m.get("domid"))
+        runs = dom.physmap.pmem_runs()
+        return {"pmem_runs": len(runs), "pmem_frames": sum(nr for _, _, nr in runs),
+                "owned_frames": self.hv.pmem.owned_by(dom.domid)}, []
 
     # -- guest ---------------------------------------------------------------------------------
     def _op_guest_attach(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:

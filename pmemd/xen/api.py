@@ -125,6 +125,11 @@ class DeviceModelHypervisor(ABC):
         """Writable view of guest RAM gfn..gfn+nr_pages-1 (must be one RAM range)."""
 
     @abstractmethod
+    async def populate_pmem_map(self, mfn: int, gfn: int, nr_mfns: int) -> None:
+        """XENMEM_populate_pmem_map: map host pmem frames mfn.. at gfn.. (no unmap; they go
+        with the domain). Errors: ENXIO outside host pmem data, EBUSY frame owned, EEXIST gfns taken."""
+
+    @abstractmethod
     async def shutdown(self, reason: int) -> None:
         """`xendevicemodel_shutdown`: ask Xen to shut the guest down (SHUTDOWN_*)."""
 

@@ -104,6 +104,9 @@ class SimDeviceModel(DeviceModelHypervisor):
         r = await self._dm("foreign_map", gfn=gfn, nr=nr_pages)
         return self._map(r["fds"][0], nr_pages * abi.PAGE_SIZE, r["offset"])
 
+    async def populate_pmem_map(self, mfn: int, gfn: int, nr_mfns: int) -> None:
+        await self._dm("populate_pmem_map", mfn=mfn, gfn=gfn, nr_mfns=nr_mfns)
+
     async def shutdown(self, reason: int) -> None:
         await self._dm("domain_shutdown", reason=reason)
 
