@@ -83,6 +83,7 @@ class DsmConfig:
 class XenConfig:
     hypervisor: str  # socket path of the (simulated) hypervisor, or "embedded"
     xenstore: str  # socket path of xenstored, or "embedded"
+    dm_acpi_size: int | None = None  # toolstack's dm-acpi buffer (bytes); None: sized to the tables
 
 
 @dataclass(frozen=True)
@@ -251,13 +252,19 @@ def _dsm(t: Mapping[str, Any], guest: GuestConfig) -> DsmConfig:
 
 
 def _xen(t: Mapping[str, Any]) -> XenConfig:
-    _reject_unknown(t, {"hypervisor", "xenstore"}, "xen")
-    values = {}
+    _reject_unknown(t, {"hypervisor", "xenstore", "dm_acpi_size"}, "xen")
+    values: dict[str, Any] = {}
     for key in ("hypervisor", "xenstore"):
         value = t.get(key, "embedded")
         if not isinstance(value, str) or not value:
             raise ConfigError(f"xen.{key}", f"must be a socket path or \"embedded\", got {value!r}")
         values[key] = value
+    size = t.get("dm_acpi_size", "auto")
+    if size != "auto":
+        size = parse_size(size, "xen.dm_acpi_size")
+        if not size or size % PAGE_SIZE:
+            raise ConfigError("xen.dm_acpi_size", f"must be \"auto\" or a positive multiple of 4 KiB, got {size}")
+        values["dm_acpi_size"] = size
     return XenConfig(**values)
 
 
