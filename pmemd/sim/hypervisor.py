@@ -47,7 +47,7 @@ import trio
 
 from pmemd.ioreq import abi
 from pmemd.ioreq.machine import MAX_REP_COUNT, IoRequest
-from pmemd.sim.hv_domain import RANGE_MMIO, RANGE_PORT, Domain, Layout, SimIoreqServer
+from pmemd.sim.hv_domain import DESTROYED, PAUSED, RANGE_MMIO, RANGE_PORT, Domain, Layout, SimIoreqServer
 from pmemd.sim.hv_evtchn import Binding, EvtchnHandle
 from pmemd.sim.hv_pmem import HostPmem, PmemAccess, PmemRegion, populate_pmem_map
 from pmemd.xen import wire
@@ -68,6 +68,10 @@ class Hypervisor:
         self._local_ports = itertools.count(1)  # dom0's port space, shared by all handles
         self.bindings: dict[tuple[int, int], Binding] = {}  # (domid, xen port) -> binding
         self.pmem = HostPmem()  # host pmem regions and which domain owns each frame
+        # Glue for the rest of the simulated host (pmemd.sim.hvmloader.attach): run at a domain's
+        # unpause from paused, before its vCPUs run; and once it is destroyed.
+        self.on_unpause: list[Callable[[Domain], None]] = []
+        self.on_destroy: list[Callable[[Domain], None]] = []
 
     # -- domains --------------------------------------------------------------------
     def domain(self, domid: Any) -> Domain:
@@ -87,10 +91,19 @@ class Hypervisor:
         self.domains[domid] = dom
         return dom
 
+    def unpause_domain(self, dom: Domain) -> None:
+        if dom.state == PAUSED:
+            for hook in self.on_unpause:
+                hook(dom)
+        dom.unpause()
+
     def destroy_domain(self, dom: Domain) -> None:
+        first = dom.state != DESTROYED
         for port in dom.destroy():
             self._unbind(self.bindings.get((dom.domid, port)))
         self.pmem.release(dom.domid)  # Xen's RELMEM_pmem: frames go back with the domain
+        for hook in self.on_destroy if first else ():
+            hook(dom)
 
     def populate_pmem_map(self, dom: Domain, mfn: int, gfn: int, nr: int) -> None:
         """XENMEM_populate_pmem_map: map host pmem frames at `gfn` in a live domain."""
@@ -233,7 +246,7 @@ class Connection:
         return self.hv.create_domain(_int(m, "domid"), layout).info(), []
 
     def _op_domain_unpause(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
-        self.hv.domain(m.get("domid")).unpause()
+        self.hv.unpause_domain(self.hv.domain(m.get("domid")))
         return {}, []
 
     def _op_domain_pause(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
