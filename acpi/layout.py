@@ -15,6 +15,16 @@ ROOT_UUID = uuid.UUID("2f10e7a4-9e91-11e4-89d3-123b93f75cba")  # NFIT bus family
 INTEL_DIMM_UUID = uuid.UUID("4309ac30-0d11-11e4-9191-0800200c9a66")  # Intel DIMM family
 PM_RANGE_GUID = uuid.UUID("66f0d379-b4f3-4074-ac43-0d3318b78cdb")  # byte-addressable pmem
 
+# DIMM `_DSM` families a config may choose (Linux's NVDIMM_FAMILY_* probe order: Intel,
+# HPE1, HPE2, MSFT, Hyper-V; the first whose function 0 sets bit 0 wins). Only Intel
+# has label functions in its mask, so any other family makes Linux use _LSI/_LSR/_LSW.
+DIMM_FAMILIES: dict[str, uuid.UUID] = {
+    "intel": INTEL_DIMM_UUID,
+    "hpe1": uuid.UUID("9002c334-acf3-4c0e-9642-a235f0d53bc6"),
+    "msft": uuid.UUID("1ee68b36-d4bd-4a1a-9a16-4f8e53d46e05"),
+    "hyperv": uuid.UUID("5746c5f2-a9a2-4264-ad0e-e4ddc9e09e80"),
+}
+
 Persistence = Literal["cpu", "mem-ctrl"]
 
 
@@ -59,8 +69,21 @@ class Dimm:
 
 
 @dataclass(frozen=True)
+class Doorbell:
+    """QEMU's notify style: a 1-byte doorbell write, then a wait on a completion word.
+
+    The words sit in the page after the DSM page (`address + 4096`): the AML writes a
+    fresh ticket to `ticket`, rings, and waits until the device model copies it to
+    `done`, for at most `timeout_ms` (then the call answers status 4).
+    """
+
+    timeout_ms: int = 4000
+
+
+@dataclass(frozen=True)
 class DsmPage:
     """Where the guest's AML finds the DSM page and its notify port."""
 
     address: int
     notify_port: int
+    doorbell: Doorbell | None = None  # None: Xen's trapped 4-byte notify write

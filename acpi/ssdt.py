@@ -27,6 +27,7 @@ import functools
 from typing import Iterable
 
 from acpi import dsm_buffer as page
+from acpi.doorbell import doorbell_objects, doorbell_ring
 from acpi.aml import (
     QWORD_ACC,
     DWORD_ACC,
@@ -131,7 +132,7 @@ def _ncal(dsm: DsmPage) -> Method:
             If(And(in_qwords, 1 << order), Store(Mid(inp, offset, page.QWORD << order), Path(field_name))),
         ]
     body += [
-        Store(base, Path(page.FIELD_NOTIFY)),
+        *_notify(dsm),
         Store(Path(page.FIELD_REPLY_HEAD), reply_head),
         And(reply_head, 0xFFFFFFFF, reply_len),
         If(
@@ -164,13 +165,29 @@ def _static_objects(dsm: DsmPage) -> list[Term]:
         OperationRegion("NPAG", SYSTEM_MEMORY, base + page.HEADER_OFFSET, page.HEADER_SIZE),
         Field("NPAG", FieldUnit(page.FIELD_HEADER, 8 * page.HEADER_SIZE), access=QWORD_ACC, update=WRITE_AS_ZEROS),
         Field("NPAG", FieldUnit(page.FIELD_REPLY_HEAD, 8 * page.QWORD), access=QWORD_ACC, update=PRESERVE),
-        OperationRegion("NPIO", SYSTEM_IO, dsm.notify_port, page.NOTIFY_WIDTH),
-        Field("NPIO", FieldUnit(page.FIELD_NOTIFY, 8 * page.NOTIFY_WIDTH), access=DWORD_ACC, update=WRITE_AS_ZEROS),
+        *_notify_objects(dsm),
         Name("HBUF", Buffer(size=page.HEADER_SIZE)),
     ]
     for i, field_name in enumerate(HEADER_FIELDS):
         terms.append(CreateDWordField(Path("HBUF"), 4 * i, field_name))
     return terms
+
+
+def _notify_objects(dsm: DsmPage) -> list[Term]:
+    """The notify register: Xen's trapped DWORD port, or QEMU's doorbell (`acpi.doorbell`)."""
+    if dsm.doorbell is not None:
+        return doorbell_objects(dsm)
+    return [
+        OperationRegion("NPIO", SYSTEM_IO, dsm.notify_port, page.NOTIFY_WIDTH),
+        Field("NPIO", FieldUnit(page.FIELD_NOTIFY, 8 * page.NOTIFY_WIDTH), access=DWORD_ACC, update=WRITE_AS_ZEROS),
+    ]
+
+
+def _notify(dsm: DsmPage) -> list[TermLike]:
+    """NCAL's notify step: one trapped write (Xen), or ring and wait (QEMU's doorbell)."""
+    if dsm.doorbell is not None:
+        return doorbell_ring(dsm, dsm.doorbell.timeout_ms)
+    return [Store(dsm.address, Path(page.FIELD_NOTIFY))]
 
 
 def _ninp() -> Method:

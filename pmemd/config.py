@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from acpi.dsm_buffer import DEFAULT_NOTIFY_PORT, NOTIFY_WIDTH, PAGE_SIZE
+from acpi.layout import DIMM_FAMILIES
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -35,6 +36,8 @@ DEFAULT_MMIO_HOLE = 256 * MiB
 DEFAULT_MMIO_DSM_PAGE = PLATFORM_RESERVED_START - PAGE_SIZE
 
 DsmMode = Literal["mmio", "ram"]
+Transport = Literal["xen", "qemu"]
+DEFAULT_DOORBELL_TIMEOUT_MS = 4000  # the AML's bound on waiting for a qemu-transport reply
 Persistence = Literal["cpu", "mem-ctrl"]
 
 
@@ -77,6 +80,10 @@ class DsmConfig:
     mode: DsmMode
     page: int
     notify_port: int
+    transport: Transport = "xen"
+    doorbell: Path | None = None  # qemu: Unix socket QEMU's isa-debugcon chardev connects to
+    ram: Path | None = None  # qemu: the guest-RAM file (file offset == GPA below 4 GiB)
+    timeout_ms: int = DEFAULT_DOORBELL_TIMEOUT_MS  # qemu: the AML's wait bound per call
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class NvdimmConfig:
     address: int
     flush_hint: int | None
     serial: int
+    family: str = "intel"  # the `_DSM` family (acpi.layout.DIMM_FAMILIES)
 
     @property
     def pmem_size(self) -> int:
@@ -177,7 +185,7 @@ def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: 
         raise ConfigError("domid", "is required")
     domid = parse_int(raw["domid"], "domid", 1, DOMID_FIRST_RESERVED - 1)
     guest = _guest(_table(raw, "guest"))
-    dsm = _dsm(_table(raw, "dsm"), guest)
+    dsm = _dsm(_table(raw, "dsm"), guest, base_dir)
     xen = _xen(_table(raw, "xen"))
     qmp = _table(raw, "qmp")
     _reject_unknown(qmp, {"socket"}, "qmp")
@@ -228,8 +236,16 @@ def _guest(t: Mapping[str, Any]) -> GuestConfig:
     return GuestConfig(lowmem, highmem, vcpus, mmio_hole)
 
 
-def _dsm(t: Mapping[str, Any], guest: GuestConfig) -> DsmConfig:
-    _reject_unknown(t, {"mode", "page", "notify_port"}, "dsm")
+def _dsm(t: Mapping[str, Any], guest: GuestConfig, base_dir: Path = Path(".")) -> DsmConfig:
+    _reject_unknown(t, {"mode", "page", "notify_port", "transport", "doorbell", "ram", "timeout_ms"}, "dsm")
+    transport = t.get("transport", "xen")
+    if transport not in ("xen", "qemu"):
+        raise ConfigError("dsm.transport", f"must be \"xen\" or \"qemu\", got {transport!r}")
+    if transport == "qemu":
+        return _qemu_dsm(t, guest, base_dir)
+    for key in ("doorbell", "ram", "timeout_ms"):
+        if key in t:
+            raise ConfigError(f"dsm.{key}", "applies only to transport = \"qemu\"")
     mode = t.get("mode", "mmio")
     if mode not in ("mmio", "ram"):
         raise ConfigError("dsm.mode", f"must be \"mmio\" or \"ram\", got {mode!r}")
@@ -251,6 +267,28 @@ def _dsm(t: Mapping[str, Any], guest: GuestConfig) -> DsmConfig:
     return DsmConfig(mode, page, port)
 
 
+def _qemu_dsm(t: Mapping[str, Any], guest: GuestConfig, base_dir: Path) -> DsmConfig:
+    """The QEMU front end: the page lives in shared guest RAM, a completion page beside it."""
+    if t.get("mode", "ram") != "ram":
+        raise ConfigError("dsm.mode", f"transport \"qemu\" needs mode \"ram\", got {t['mode']!r}")
+    page = parse_int(t.get("page", guest.lowmem // 2), "dsm.page", 0, FOUR_GIB - 2 * PAGE_SIZE)
+    if page % PAGE_SIZE:
+        raise ConfigError("dsm.page", f"must be 4 KiB aligned, got {page:#x}")
+    if page + 2 * PAGE_SIZE > guest.lowmem:
+        raise ConfigError("dsm.page", f"with transport \"qemu\" the page and its completion page must lie "
+                                      f"in guest RAM below {guest.lowmem:#x}, got {page:#x}")
+    port = parse_int(t.get("notify_port", DEFAULT_NOTIFY_PORT), "dsm.notify_port", 0, 0xFFFF)
+    paths = {}
+    for key in ("doorbell", "ram"):
+        value = t.get(key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"dsm.{key}", "is required with transport \"qemu\": a file path")
+        path = Path(value)
+        paths[key] = path if path.is_absolute() else base_dir / path
+    timeout = parse_int(t.get("timeout_ms", DEFAULT_DOORBELL_TIMEOUT_MS), "dsm.timeout_ms", 1, 60_000)
+    return DsmConfig("ram", page, port, "qemu", paths["doorbell"], paths["ram"], timeout)
+
+
 def _xen(t: Mapping[str, Any]) -> XenConfig:
     _reject_unknown(t, {"hypervisor", "xenstore", "dm_acpi_size"}, "xen")
     values: dict[str, Any] = {}
@@ -269,7 +307,7 @@ def _xen(t: Mapping[str, Any]) -> XenConfig:
 
 
 _NVDIMM_FIELDS = {
-    "backing", "size", "label_size", "slot", "node", "unarmed", "address", "flush_hint", "serial",
+    "backing", "size", "label_size", "slot", "node", "unarmed", "address", "flush_hint", "serial", "family",
 }
 
 
@@ -312,10 +350,13 @@ def _nvdimm(t: Any, index: int, base_dir: Path) -> NvdimmConfig:
         if flush_hint % 8:
             raise ConfigError(f"{name}.flush_hint", f"must be 8-byte aligned, got {flush_hint:#x}")
     serial = parse_int(t.get("serial", 0x504D0000 + slot), f"{name}.serial", 0, 0xFFFFFFFF)
+    family = t.get("family", "intel")
+    if family not in DIMM_FAMILIES:
+        raise ConfigError(f"{name}.family", f"must be one of {', '.join(DIMM_FAMILIES)}, got {family!r}")
     path = Path(backing)
     if not path.is_absolute():
         path = base_dir / path
-    return NvdimmConfig(path, size, label_size, slot, node, unarmed, address, flush_hint, serial)
+    return NvdimmConfig(path, size, label_size, slot, node, unarmed, address, flush_hint, serial, family)
 
 
 def _place_nvdimms(nvdimms: list[NvdimmConfig], guest: GuestConfig) -> list[NvdimmConfig]:

@@ -24,6 +24,7 @@ from pmemd.dsm.label_file import open_label_stores
 from pmemd.dsm.label_store import LabelStore
 from pmemd.dsm_device import DsmPageDevice
 from pmemd.ioreq.server import IoreqServer
+from pmemd.qemu_transport import DoorbellServer, GuestRamPage
 from pmemd.tables import Tables, build_tables
 from pmemd.xen.api import DeviceModelHypervisor
 from pmemd.xen.sim_client import SimDeviceModel
@@ -44,6 +45,7 @@ class Guest:
     dispatcher: Dispatcher | None = None
     device: DsmPageDevice | None = None
     server: IoreqServer | None = None
+    doorbell: DoorbellServer | None = None  # [dsm] transport = "qemu" instead of `server`
     completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
 
 
@@ -53,6 +55,9 @@ Step = Callable[[Guest], contextlib.AbstractAsyncContextManager[None]]
 @contextlib.asynccontextmanager
 async def open_hypervisor(guest: Guest) -> AsyncIterator[None]:
     """The hypervisor handles (libxendevicemodel, foreign memory, event channels)."""
+    if guest.config.dsm.transport == "qemu":  # QEMU owns the guest: no hypervisor to talk to
+        yield
+        return
     guest.hv = await SimDeviceModel.connect(guest.hypervisor_socket, guest.config.domid)
     try:
         yield
@@ -73,6 +78,10 @@ async def open_dsm_handlers(guest: Guest) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def serve_dsm_page(guest: Guest) -> AsyncIterator[None]:
     """The ioreq server for the DSM page and notify port; enabled when this step is in."""
+    if guest.config.dsm.transport == "qemu":
+        async with _serve_doorbell(guest):
+            yield
+        return
     assert guest.hv is not None and guest.dispatcher is not None
     dsm = guest.config.dsm
     ram_page = None
@@ -86,6 +95,24 @@ async def serve_dsm_page(guest: Guest) -> AsyncIterator[None]:
             yield
         finally:
             nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _serve_doorbell(guest: Guest) -> AsyncIterator[None]:
+    """The QEMU front end: doorbell socket plus the page in the guest-RAM file."""
+    assert guest.dispatcher is not None and guest.config.dsm.ram is not None
+    ram = GuestRamPage(guest.config.dsm.ram, guest.config.dsm.page)
+    guest.doorbell = DoorbellServer(guest.config.dsm, guest.dispatcher.dispatch, ram)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(guest.doorbell.run)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        log.info("doorbell statistics", **guest.doorbell.statistics().summary())
+        ram.close()
 
 
 # Setup order (the toolstack issue's order): hypervisor handles, handlers, ioreq server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from acpi.layout import Dimm, DsmPage
+from acpi.layout import DIMM_FAMILIES, Dimm, Doorbell, DsmPage
 from acpi.nfit import build_nfit
 from acpi.ssdt import build_nvdr_body, build_ssdt
 from pmemd.config import Config
@@ -32,13 +32,15 @@ def dimms(config: Config) -> list[Dimm]:
             unarmed=d.unarmed,
             serial=d.serial,
             flush_hint=d.flush_hint,
+            family=DIMM_FAMILIES[d.family],
         )
         for d in config.nvdimms
     ]
 
 
 def dsm_page(config: Config) -> DsmPage:
-    return DsmPage(address=config.dsm.page, notify_port=config.dsm.notify_port)
+    doorbell = Doorbell(config.dsm.timeout_ms) if config.dsm.transport == "qemu" else None
+    return DsmPage(address=config.dsm.page, notify_port=config.dsm.notify_port, doorbell=doorbell)
 
 
 def build_tables(config: Config) -> Tables:

@@ -14,7 +14,7 @@ from pmemd.config import Config
 
 from .devices import Dimm, Root, slot_to_handle
 from .dispatcher import Dispatcher, Target
-from .families import intel_dimm_functions, nfit_root_functions
+from .families import intel_dimm_functions, label_methods_dimm_functions, nfit_root_functions
 from .health import Health
 from .label_store import LabelStore
 from .media import MediaErrors
@@ -36,11 +36,13 @@ def build_dispatcher(
     """
     root_table = nfit_root_functions()
     dimm_table = intel_dimm_functions()
+    other_table = label_methods_dimm_functions()  # non-Intel families: labels via _LSx only
     root = Root(config.nvdimms) if media is None else Root(config.nvdimms, media)
     targets: dict[int, Target[Any]] = {ROOT_HANDLE: Target(root_table, root)}
     for nvdimm in config.nvdimms:
         dimm = Dimm(nvdimm, labels.get(nvdimm.slot))
         if health is not None and nvdimm.slot in health:
             dimm.health = health[nvdimm.slot]
-        targets[slot_to_handle(nvdimm.slot)] = Target(dimm_table, dimm)
+        table = dimm_table if nvdimm.family == "intel" else other_table
+        targets[slot_to_handle(nvdimm.slot)] = Target(table, dimm)
     return Dispatcher(targets)

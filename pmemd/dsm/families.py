@@ -4,6 +4,8 @@
     error injection 7-9 (`inject`).
   Intel DIMM family (functions 1-10 revision 1, 11+ revision 2): labels 4-6; SMART
     1, 2, 10 at revision 1 and 17, 18 at revision 2 (`smart`).
+  Any other DIMM family (HPE1, MSFT, Hyper-V): function 0 answers bit 0 alone, and the
+    Intel label functions 4-6 are served unadvertised, for the `_LSx` methods.
 """
 
 from __future__ import annotations
@@ -31,4 +33,24 @@ def intel_dimm_functions() -> FunctionTable[Dimm]:
     table: FunctionTable[Dimm] = FunctionTable("intel-dimm")
     register_label_functions(table)
     register_smart_functions(table)
+    return table
+
+
+class LabelMethodsTable(FunctionTable[Dimm]):
+    """A non-Intel DIMM's table: its family is present, its only calls come from `_LSx`.
+
+    The SSDT's `_LSI/_LSR/_LSW` call Intel label functions 4/5/6 by handle whatever the
+    DIMM's `_DSM` family, so those are served; but function 0 (reached only with this
+    DIMM's family UUID, the AML checks it) answers bit 0 alone at revision 1, so Linux
+    finds the family, no `_DSM` function in it, and reads labels through the methods.
+    """
+
+    def mask(self, revision: int, device: Dimm) -> int:
+        return 1 if revision == 1 else 0
+
+
+def label_methods_dimm_functions() -> FunctionTable[Dimm]:
+    """Functions of a DIMM whose `_DSM` family is not Intel's (see `LabelMethodsTable`)."""
+    table = LabelMethodsTable("label-methods-dimm")
+    register_label_functions(table)
     return table
