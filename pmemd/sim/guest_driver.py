@@ -10,8 +10,8 @@ as the Serialized NCAL method serializes them inside one guest OS.
 Script format (JSON Lines), one object per line:
   {"dimm": <slot or null for the root>, "function": F, "revision": 1, "arg3": "<hex>",
    "vcpu": 0, "uuid": "<optional override>"}          -> {"status", "out", "ioreqs"}
-  {"read": <GPA>, "length": N}                         -> {"data": "<hex>"}
-  {"write": <GPA>, "data": "<hex>"}                    -> {"ok": true}
+  {"read": <GPA>, "length": N, "vcpu": 0}              -> {"data": "<hex>"}
+  {"write": <GPA>, "data": "<hex>", "vcpu": 0}         -> {"ok": true}
 A malformed line or a faulting access yields {"error": "..."} and the script goes on.
 """
 
@@ -23,7 +23,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from acpi import dsm_buffer as page
 from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID
@@ -69,10 +69,13 @@ class ScriptError(ValueError):
 class Guest:
     """The scripted guest of one domain: one connection per vCPU, opened on first use."""
 
-    def __init__(self, config: Config, socket_path: str, *, lock_path: str | None = None) -> None:
+    def __init__(self, config: Config, socket_path: str, *, lock_path: str | None = None,
+                 connect: Callable[[str, int, int], GuestConnection] = GuestConnection) -> None:
+        """`connect(socket_path, domid, vcpu)` opens a vCPU (a test may record accesses instead)."""
         self.config = config
         self.socket_path = socket_path
         self.lock_path = lock_path or f"{socket_path}.dom{config.domid}.aml.lock"
+        self._connect = connect
         self._vcpus: dict[int, GuestConnection] = {}
         self.slots = {d.slot for d in config.nvdimms}
 
@@ -80,7 +83,7 @@ class Guest:
         if not 0 <= index < self.config.guest.vcpus:
             raise ScriptError(f"vcpu {index} does not exist (guest has {self.config.guest.vcpus})")
         if index not in self._vcpus:
-            self._vcpus[index] = GuestConnection(self.socket_path, self.config.domid, index)
+            self._vcpus[index] = self._connect(self.socket_path, self.config.domid, index)
         return self._vcpus[index]
 
     def close(self) -> None:
@@ -181,14 +184,14 @@ class Guest:
                 raise ScriptError("a script line must be a JSON object")
             if "read" in line:
                 gpa, length = _int_field(line, "read", None), _int_field(line, "length", None)
-                return {"data": self.read_memory(gpa, length).hex()}
+                return {"data": self.read_memory(gpa, length, vcpu=_int_field(line, "vcpu", 0)).hex()}
             if "write" in line:
                 gpa = _int_field(line, "write", None)
                 try:
                     data = bytes.fromhex(line.get("data", ""))
                 except (TypeError, ValueError):
                     raise ScriptError("data must be a hex string") from None
-                self.write_memory(gpa, data)
+                self.write_memory(gpa, data, vcpu=_int_field(line, "vcpu", 0))
                 return {"ok": True}
             if "function" in line:
                 return self.call(self.parse_call(line)).as_json()
@@ -200,11 +203,11 @@ class Guest:
         except (DomainCrashed, ProtocolError, ConnectionError, EOFError) as e:
             raise DaemonGone(str(e)) from e
 
-    def read_memory(self, gpa: int, length: int) -> bytes:
+    def read_memory(self, gpa: int, length: int, *, vcpu: int = 0) -> bytes:
         """Read guest memory as the guest's CPU would: RAM directly, MMIO through accesses."""
         if not 0 <= length <= 1 << 20:
             raise ScriptError(f"length must be between 0 and 1 MiB, got {length}")
-        conn = self.vcpu(0)
+        conn = self.vcpu(vcpu)
         try:
             return conn.read_memory(gpa, length)
         except ValueError:
@@ -215,8 +218,8 @@ class Guest:
             out += conn.mmio_read(gpa + offset, width).to_bytes(width, "little")
         return bytes(out[:length])
 
-    def write_memory(self, gpa: int, data: bytes) -> None:
-        conn = self.vcpu(0)
+    def write_memory(self, gpa: int, data: bytes, *, vcpu: int = 0) -> None:
+        conn = self.vcpu(vcpu)
         try:
             conn.write_memory(gpa, data)
             return
