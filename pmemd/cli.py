@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     logs.configure(args.log_format, domid=cfg.domid)
-    socket = _hypervisor_socket(args, cfg)
+    socket = "" if cfg.dsm.transport == "qemu" else _hypervisor_socket(args, cfg)
 
     async def main() -> None:
         import trio
@@ -150,6 +150,25 @@ def cmd_guest(args: argparse.Namespace) -> int:
         return EXIT_BAD_VALUE
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Boot a real Linux guest under QEMU against the daemon and run a shell script in it."""
+    from pmemd.lab.image import ImageError, prepare
+    from pmemd.lab.run import LabOptions, run_lab
+
+    try:
+        boot = prepare()
+    except ImageError as e:
+        print(f"pmemd: lab image: {e}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    options = LabOptions(Path(args.config), Path(args.script), Path(args.keep) if args.keep else None,
+                         args.timeout, args.stop_daemon_after_calls)
+    try:
+        return run_lab(options, boot)
+    except configmod.ConfigError as e:
+        print(f"pmemd: {e}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the main job on the embedded default config and print a readable report."""
     from pmemd.demo import run_demo
@@ -197,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
     p.add_argument("script", help="JSON Lines script, or - for standard input")
     p.set_defaults(func=cmd_guest)
+
+    p = sub.add_parser("lab", help="boot a Linux guest under QEMU against the daemon, run a script in it")
+    p.add_argument("--config", required=True, help="guest config (TOML); served over the qemu transport")
+    p.add_argument("--keep", help="keep tables, console.log, daemon.log and summary.json in this directory")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before the guest is stopped (exit 124)")
+    p.add_argument("--stop-daemon-after-calls", type=int, metavar="N",
+                   help="fault drill: stop the daemon after N _DSM calls; the guest must still boot")
+    p.add_argument("script", help="shell script run in the guest; its exit status is the command's")
+    p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("demo", help="run pmemd on the embedded simulator and print a report")
     p.add_argument("--config", default=None, help="guest config (default: configs/example.toml's content)")

@@ -1,0 +1,1 @@
+"""`pmemd lab`: an unmodified Linux guest under QEMU as the test client of the daemon."""
