@@ -1,0 +1,242 @@
+"""A real Linux 6.1 guest (Debian's kernel, ndctl 76) under QEMU TCG as the daemon's client.
+
+Three boots through `pmemd lab`, shared by the assertions below: a first boot on fresh
+backing files (tables, data path, health, media errors, labels through DSM 4/5/6 on the
+Intel DIMM and through _LSI/_LSR/_LSW on the MSFT-family DIMM), a second boot on the same
+files (namespaces survive), and a boot whose daemon stops after a few calls. Each boot's
+wall time, DSM calls and handler latency are printed.
+
+ndctl 76 gives Hyper-V-family DIMMs no label operations of its own, so the `_LSx` DIMM
+uses the MSFT family: Linux finds it, sees no `_DSM` functions, and reads labels via `_LSR`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.guest
+
+LABEL_SIZE = 2 << 20
+PMEM = 256 << 20
+DATA_OFFSET = 64 << 20
+DATA = b"PMEMD-LAB-DATA"
+INJECT_BLOCK, INJECT_COUNT = 4096, 2
+
+CONFIG = """domid = 3
+[guest]
+lowmem = "512M"
+{dsm}
+[[nvdimm]]
+backing = "nv0.img"
+size = "258M"
+label_size = "2M"
+[[nvdimm]]
+backing = "nv1.img"
+size = "258M"
+label_size = "2M"
+family = "msft"
+"""
+
+FIRST_BOOT = f"""
+echo "=== list"; ndctl list -DRN
+echo "=== data"; printf '{DATA.decode()}' | dd of=/dev/pmem0 bs=4096 seek={DATA_OFFSET // 4096} conv=sync 2>&1
+echo "=== sysfs"; for d in 0 1; do echo "nmem$d $(cat /sys/bus/nd/devices/nmem$d/nfit/family) $(cat /sys/bus/nd/devices/nmem$d/commands)"; done
+echo "=== health"; ndctl list -DH -d nmem0
+ndctl inject-smart nmem0 --media-temperature=88 --unsafe-shutdown >/dev/null
+echo "=== injected-health"; ndctl list -DH -d nmem0
+ndctl inject-error namespace0.0 -B {INJECT_BLOCK} -n {INJECT_COUNT} >/dev/null
+ndctl start-scrub ndbus0 >/dev/null; ndctl wait-scrub ndbus0 >/dev/null
+echo "=== media-errors"; ndctl list -N --media-errors -n namespace0.0
+ndctl clear-errors namespace0.0 >/dev/null 2>&1
+echo "=== cleared"; ndctl list -N --media-errors -n namespace0.0
+echo "=== read-labels"; ndctl read-labels -j nmem0 nmem1 2>&1
+ndctl disable-region all >/dev/null
+echo "=== init-labels"; ndctl init-labels -f all 2>&1
+ndctl enable-region all >/dev/null
+ndctl create-namespace -r region0 -m fsdax >/dev/null
+ndctl create-namespace -r region1 -m fsdax >/dev/null
+echo "=== namespaces"; ndctl list -N
+echo "=== dmesg"; dmesg
+"""
+
+SECOND_BOOT = """
+echo "=== namespaces"; ndctl list -N
+echo "=== dmesg"; dmesg
+"""
+
+STOPPED_DAEMON_BOOT = """
+echo "=== dimms"; ndctl list -D
+echo "=== dmesg"; dmesg
+"""
+
+
+@dataclass
+class Boot:
+    status: int
+    console: str
+    daemon_log: list[dict]
+    summary: dict
+
+    def section(self, name: str) -> str:
+        match = re.search(rf"^=== {name}\n(.*?)(?=^=== |^pmemd-lab: exit )", self.console, re.S | re.M)
+        assert match, f"no section {name!r} in the console:\n{self.console}"
+        return match.group(1)
+
+    def json(self, name: str):
+        text = self.section(name)
+        start = min(i for i in (text.find("["), text.find("{")) if i >= 0)
+        return json.JSONDecoder().raw_decode(text, start)[0]  # ndctl may print errors after it
+
+
+def require_qemu() -> None:
+    for tool in ("qemu-system-x86_64", "ndctl", "depmod", "apt-get"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (./dev test installs qemu-system-x86, ndctl, kmod)")
+    if not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static is not installed")
+
+
+def boot(request, workdir: Path, script: str, *extra: str, dsm: str = "") -> Boot:
+    require_qemu()
+    (workdir / "lab.toml").write_text(CONFIG.format(dsm=dsm))
+    (workdir / "script.sh").write_text(script)
+    out = workdir / f"out-{request.fixturename}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmemd.cli", "lab", "--config", str(workdir / "lab.toml"), "--keep", str(out),
+         "--timeout", "120", *extra, str(workdir / "script.sh")],
+        capture_output=True, text=True, timeout=180,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n[lab boot {request.fixturename}] wall {summary['wall_s']} s, "
+                            f"{summary['dsm_calls']} DSM calls, handler median {summary['latency_median_us']} µs, "
+                            f"p95 {summary['latency_p95_us']} µs")
+    log = [json.loads(line) for line in (out / "daemon.log").read_text().splitlines() if line.startswith("{")]
+    return Boot(proc.returncode, (out / "console.log").read_text(), log, summary)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("lab")
+    for name in ("nv0.img", "nv1.img"):
+        with (workdir / name).open("wb") as f:
+            f.truncate(PMEM + LABEL_SIZE)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def first_boot(request, files: Path) -> Boot:
+    return boot(request, files, FIRST_BOOT)
+
+
+@pytest.fixture(scope="module")
+def second_boot(request, files: Path, first_boot: Boot) -> Boot:
+    return boot(request, files, SECOND_BOOT)
+
+
+@pytest.fixture(scope="module")
+def stopped_daemon_boot(request, tmp_path_factory) -> Boot:
+    workdir = tmp_path_factory.mktemp("lab-stopped")
+    for name in ("nv0.img", "nv1.img"):
+        with (workdir / name).open("wb") as f:
+            f.truncate(PMEM + LABEL_SIZE)
+    return boot(request, workdir, STOPPED_DAEMON_BOOT, "--stop-daemon-after-calls", "5",
+                dsm='[dsm]\ntransport = "qemu"\ntimeout_ms = 200')
+
+
+def acpi_problems(dmesg: str) -> list[str]:
+    return [line for line in dmesg.splitlines()
+            if re.search(r"ACPI (Error|Warning|BIOS)|AE_[A-Z_]+|failed to evaluate _DSM", line)]
+
+
+# -- tables and data path ----------------------------------------------------------------
+
+
+def test_guest_lists_every_configured_dimm_and_region_with_pmemd_ids(first_boot: Boot) -> None:
+    assert first_boot.status == 0, first_boot.console[-3000:]
+    listing = first_boot.json("list")
+    assert sorted(d["handle"] for d in listing["dimms"]) == [1, 2]  # slot + 1
+    assert sorted(d["id"] for d in listing["dimms"]) == ["8680-00004d50", "8680-01004d50"]  # serial 0x504D00xx
+    assert sorted(r["size"] for r in listing["regions"]) == [PMEM, PMEM]
+
+
+def test_guest_write_to_pmem0_lands_in_the_backing_file_at_the_same_offset(first_boot: Boot, files: Path) -> None:
+    assert first_boot.status == 0
+    with (files / "nv0.img").open("rb") as f:
+        f.seek(DATA_OFFSET)
+        assert f.read(len(DATA)) == DATA
+
+
+def test_first_boot_logs_no_acpi_error_or_warning(first_boot: Boot) -> None:
+    assert acpi_problems(first_boot.section("dmesg")) == []
+
+
+def test_each_dimm_gets_its_configured_family(first_boot: Boot) -> None:
+    lines = first_boot.section("sysfs").split("\n")
+    assert lines[0].startswith("nmem0 0 ") and "smart" in lines[0]  # Intel: DSMs for labels and SMART
+    assert lines[1].split()[:2] == ["nmem1", "3"]  # MSFT: family found, labels only through _LSx
+    assert "smart" not in lines[1] and {"get_size", "get_data", "set_data"} <= set(lines[1].split())
+
+
+# -- health and media errors ----------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="found by this guest: ndctl 76 shows health_state 'unknown' for pmemd's "
+                   "Intel SMART reply and inject-smart fails with EINVAL; the SMART handlers need checking against "
+                   "ndctl's nd_intel_smart/nd_intel_smart_inject layouts")
+def test_health_reports_pmemd_values_then_the_injected_condition(first_boot: Boot) -> None:
+    before = first_boot.json("health")[0]["health"]
+    after = first_boot.json("injected-health")[0]["health"]
+    assert before["health_state"] == "ok"
+    assert after["temperature_celsius"] == 88 and after["shutdown_state"] == "dirty"
+
+
+def test_scrub_reports_exactly_the_injected_blocks_and_clear_errors_removes_them(first_boot: Boot) -> None:
+    namespace = first_boot.json("media-errors")[0]
+    assert namespace["badblock_count"] == INJECT_COUNT
+    assert [(b["offset"], b["length"]) for b in namespace["badblocks"]] == [(INJECT_BLOCK, INJECT_COUNT)]
+    assert "badblocks" not in first_boot.json("cleared")[0]
+
+
+# -- labels ----------------------------------------------------------------------------------
+
+
+def test_labels_initialise_on_both_families_and_namespaces_are_created(first_boot: Boot) -> None:
+    assert "initialized 2 nmems" in first_boot.section("init-labels")
+    namespaces = first_boot.json("namespaces")
+    assert sorted(n["mode"] for n in namespaces) == ["fsdax", "fsdax"]
+    assert all(n["uuid"] for n in namespaces)
+
+
+def test_lsx_dimm_labels_reach_its_backing_file(first_boot: Boot, files: Path) -> None:
+    assert first_boot.status == 0
+    with (files / "nv1.img").open("rb") as f:
+        f.seek(PMEM)
+        index = f.read(16)
+    assert index.startswith(b"NAMESPACE_INDEX\0")
+
+
+def test_second_boot_keeps_both_namespaces_with_the_same_uuids(first_boot: Boot, second_boot: Boot) -> None:
+    assert second_boot.status == 0, second_boot.console[-3000:]
+    uuids = lambda b: sorted(n["uuid"] for n in b.json("namespaces"))  # noqa: E731
+    assert uuids(second_boot) == uuids(first_boot)
+    assert acpi_problems(second_boot.section("dmesg")) == []
+
+
+# -- a device model that stops answering ------------------------------------------------------
+
+
+def test_guest_boots_with_the_daemon_stopped_mid_boot(stopped_daemon_boot: Boot) -> None:
+    assert stopped_daemon_boot.status == 0, stopped_daemon_boot.console[-3000:]
+    assert stopped_daemon_boot.summary["dsm_calls"] == 5
+    dmesg = stopped_daemon_boot.section("dmesg")
+    assert not re.search(r"AE_AML_|Aborting method", dmesg)
