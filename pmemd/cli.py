@@ -169,6 +169,26 @@ def cmd_lab(args: argparse.Namespace) -> int:
         return EXIT_BAD_VALUE
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Make every NVDIMM's backing file mappable (allocated, written, unshared), verify it and
+    record its layout; one JSON report per NVDIMM. The only command that writes guest data."""
+    from pmemd.storage import StorageError, prepare_backing
+
+    cfg = _load_config(args)
+    status = 0
+    for index, nvdimm in enumerate(cfg.nvdimms):
+        try:
+            r = prepare_backing(nvdimm)
+        except (StorageError, OSError) as e:
+            print(f"pmemd: nvdimm[{index}]: {e}", file=sys.stderr)
+            status = EXIT_BAD_VALUE
+            continue
+        print(json.dumps({"nvdimm": index, "backing": str(r.path), "size": r.size, "created": r.created,
+                          "previous_size": r.previous_size, "unshared": r.unshared, "zeroed": r.zeroed,
+                          "extents": r.extents, "fingerprint": r.fingerprint, "recorded": r.recorded}))
+    return status
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the main job on the embedded default config and print a readable report."""
     from pmemd.demo import run_demo
@@ -225,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fault drill: stop the daemon after N _DSM calls; the guest must still boot")
     p.add_argument("script", help="shell script run in the guest; its exit status is the command's")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("prepare", help="allocate, write, unshare and verify each NVDIMM's backing file")
+    p.add_argument("--config", required=True, help="guest config (TOML)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("demo", help="run pmemd on the embedded simulator and print a report")
     p.add_argument("--config", default=None, help="guest config (default: configs/example.toml's content)")

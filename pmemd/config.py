@@ -94,6 +94,21 @@ class XenConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """The host pmem under the backing files (`[host]`); SPA bytes, ranges [start, end).
+
+    `spa_base` is the host physical address of byte 0 of the backing filesystem's block
+    device (FIEMAP offsets are relative to it); None means: find it through sysfs (real
+    pmem). `data` is the guest-mappable area (None: the whole device); `reserved` is the
+    reserved/management area, never mapped ((0, 0): none).
+    """
+
+    spa_base: int | None
+    data: tuple[int, int] | None
+    reserved: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class NvdimmConfig:
     """One virtual NVDIMM backed by a file; labels live in its last `label_size` bytes."""
 
@@ -128,6 +143,7 @@ class Config:
     persistence: Persistence | None
     nvdimms: tuple[NvdimmConfig, ...] = field(default_factory=tuple)
     source: Path | None = None
+    host: HostConfig | None = None  # None: no [host] section, guest PMEM is not mapped
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -180,7 +196,7 @@ def load(path: str | Path, *, domid: int | None = None) -> Config:
 
 def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: Path | None = None) -> Config:
     """Validate a parsed config (the TOML document as a mapping)."""
-    _reject_unknown(raw, {"domid", "guest", "dsm", "xen", "qmp", "platform", "nvdimm"}, "")
+    _reject_unknown(raw, {"domid", "guest", "dsm", "xen", "qmp", "platform", "nvdimm", "host"}, "")
     if "domid" not in raw:
         raise ConfigError("domid", "is required")
     domid = parse_int(raw["domid"], "domid", 1, DOMID_FIRST_RESERVED - 1)
@@ -202,7 +218,8 @@ def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: 
         raise ConfigError("nvdimm", "must be an array of tables ([[nvdimm]])")
     nvdimms = _place_nvdimms([_nvdimm(e, i, base_dir) for i, e in enumerate(entries)], guest)
     _check_nvdimm_overlaps(nvdimms, guest, dsm)
-    return Config(domid, guest, dsm, xen, Path(qmp_socket), persistence, tuple(nvdimms), source)
+    host = _host(_table(raw, "host")) if "host" in raw else None
+    return Config(domid, guest, dsm, xen, Path(qmp_socket), persistence, tuple(nvdimms), source, host)
 
 
 def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -304,6 +321,35 @@ def _xen(t: Mapping[str, Any]) -> XenConfig:
             raise ConfigError("xen.dm_acpi_size", f"must be \"auto\" or a positive multiple of 4 KiB, got {size}")
         values["dm_acpi_size"] = size
     return XenConfig(**values)
+
+
+def _host(t: Mapping[str, Any]) -> HostConfig:
+    _reject_unknown(t, {"spa_base", "data", "reserved"}, "host")
+    raw_base = t.get("spa_base", "discover")
+    spa_base = None if raw_base == "discover" else _host_address(raw_base, "host.spa_base")
+    data = _host_range(t["data"], "host.data") if "data" in t else None
+    if data is not None and spa_base is None:
+        raise ConfigError("host.data", "needs an explicit host.spa_base (discovery finds the data area itself)")
+    if data is not None and data[0] >= data[1]:
+        raise ConfigError("host.data", f"[{data[0]:#x}, {data[1]:#x}) is empty")
+    reserved = _host_range(t["reserved"], "host.reserved") if "reserved" in t else (0, 0)
+    if reserved[0] > reserved[1]:
+        raise ConfigError("host.reserved", f"[{reserved[0]:#x}, {reserved[1]:#x}) ends before it starts")
+    return HostConfig(spa_base, data, reserved)
+
+
+def _host_address(value: Any, field_name: str) -> int:
+    """A host physical address: an integer or "0x..." string, 4 KiB aligned, below 2^52."""
+    address = parse_int(value, field_name, 0, (1 << 52) - 1)
+    if address % PAGE_SIZE:
+        raise ConfigError(field_name, f"must be 4 KiB aligned, got {address:#x}")
+    return address
+
+
+def _host_range(value: Any, field_name: str) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ConfigError(field_name, f"must be [start, end] in host physical bytes, got {value!r}")
+    return _host_address(value[0], field_name), _host_address(value[1], field_name)
 
 
 _NVDIMM_FIELDS = {

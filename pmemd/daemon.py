@@ -24,6 +24,8 @@ from pmemd.dsm.label_file import open_label_stores
 from pmemd.dsm.label_store import LabelStore
 from pmemd.dsm_device import DsmPageDevice
 from pmemd.ioreq.server import IoreqServer
+from pmemd.pmem_map import lock_backing, map_pmem
+from pmemd.storage import MapReport
 from pmemd.qemu_transport import DoorbellServer, GuestRamPage
 from pmemd.tables import Tables, build_tables
 from pmemd.xen.api import DeviceModelHypervisor
@@ -45,6 +47,7 @@ class Guest:
     dispatcher: Dispatcher | None = None
     device: DsmPageDevice | None = None
     server: IoreqServer | None = None
+    pmem_maps: dict[int, MapReport] = field(default_factory=dict)  # slot -> what "map-pmem" populated
     doorbell: DoorbellServer | None = None  # [dsm] transport = "qemu" instead of `server`
     completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
 
@@ -120,8 +123,10 @@ async def _serve_doorbell(guest: Guest) -> AsyncIterator[None]:
 # mapping and the "running" state key, as those steps land.
 STEPS: list[tuple[str, Step]] = [
     ("hypervisor", open_hypervisor),
+    ("backing-lock", lock_backing),  # before anything opens a backing file (label journals)
     ("dsm-handlers", open_dsm_handlers),
     ("ioreq-server", serve_dsm_page),
+    ("map-pmem", map_pmem),  # after table publication, before the "running" state key
 ]
 
 

@@ -51,3 +51,17 @@ def test_holding_the_lock_does_not_change_the_file(backing: Path) -> None:
     after = backing.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert backing.read_bytes() == bytes(4096)
+
+
+def test_a_file_that_cannot_carry_the_holder_record_is_still_locked(backing: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(backing)]).returncode != 0:
+        pytest.skip("cannot make the file immutable")
+    try:
+        with BackingLock(backing, domid=1):
+            with pytest.raises(LockHeld, match=f"in use by pid {os.getpid()}"):
+                BackingLock(backing, domid=2).acquire()
+    finally:
+        subprocess.run(["chattr", "-i", str(backing)], check=True)

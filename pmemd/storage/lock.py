@@ -60,7 +60,7 @@ class BackingLock:
         try:
             os.removexattr(self.path, HOLDER_XATTR)
         except OSError as e:
-            if e.errno not in _NO_XATTR + (errno.ENOENT,):
+            if e.errno not in _NO_XATTR + (errno.ENOENT, errno.EPERM, errno.EACCES, errno.EROFS):
                 raise
         finally:
             os.close(self._fd)  # closing the last fd of the description drops the flock
@@ -81,10 +81,12 @@ class BackingLock:
 
 
 def _set_holder(path: Path, holder: str) -> None:
+    """Best effort: the flock is the lock; a file we may not tag (immutable, read-only
+    filesystem, not ours) keeps no record and refusals fall back to /proc/locks."""
     try:
         os.setxattr(path, HOLDER_XATTR, holder.encode())
     except OSError as e:
-        if e.errno not in _NO_XATTR:
+        if e.errno not in _NO_XATTR + (errno.EPERM, errno.EACCES, errno.EROFS):
             raise
 
 
