@@ -116,10 +116,12 @@ def boot(request, workdir: Path, script: str, *extra: str, dsm: str = "") -> Boo
     )
     summary = json.loads((out / "summary.json").read_text())
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n[lab boot {request.fixturename}] wall {summary['wall_s']} s, "
-                            f"{summary['dsm_calls']} DSM calls, handler median {summary['latency_median_us']} µs, "
-                            f"p95 {summary['latency_p95_us']} µs")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n[lab boot {request.fixturename}] wall {summary['wall_s']} s, "
+                                f"{summary['dsm_calls']} DSM calls, handler median {summary['latency_median_us']} µs, "
+                                f"p95 {summary['latency_p95_us']} µs")
     log = [json.loads(line) for line in (out / "daemon.log").read_text().splitlines() if line.startswith("{")]
     return Boot(proc.returncode, (out / "console.log").read_text(), log, summary)
 
