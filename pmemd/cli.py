@@ -89,22 +89,81 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Serve one guest's NVDIMMs until SIGTERM/SIGINT."""
+    """Serve one guest's NVDIMMs until SIGTERM/SIGINT or until its domain disappears.
+
+    Order (varstored's): check the flags, read the config, take the pidfile (0600, locked
+    for the process life), connect to $NOTIFY_SOCKET, then the daemon's setup steps —
+    which drop privileges last when `--depriv` asks — then READY=1.
+    """
+    import contextlib
+    import functools
+
+    import trio
+
     from pmemd import logs
     from pmemd.daemon import serve_guest
-    from pmemd.lifecycle import run_until_signalled
+    from pmemd.depriv import DeprivError, DeprivPlan, unshare_namespaces
+    from pmemd.lifecycle import RunOptions, SystemdNotifier, run_until_signalled
+    from pmemd.pidfile import PidfileError, pidfile
 
     cfg = _load_config(args)
     logs.configure(args.log_format, domid=cfg.domid)
     socket = "" if cfg.dsm.transport == "qemu" else _hypervisor_socket(args, cfg)
+    plan = None
+    if args.depriv:
+        largest = max((d.size for d in cfg.nvdimms), default=0)
+        plan = DeprivPlan(args.uid, args.gid, Path(args.chroot) if args.chroot else None,
+                          max_file_size=max(largest, 1 << 20) + (1 << 20))
+        try:
+            plan.check()
+        except DeprivError as e:
+            print(f"pmemd: {e}", file=sys.stderr)
+            return EXIT_BAD_VALUE
+    if args.resume and not Path(args.resume).is_file():
+        print(f"pmemd: --resume {args.resume}: no such file", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    options = RunOptions(plan, Path(args.save) if args.save else None, Path(args.resume) if args.resume else None)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(pidfile(args.pidfile))
+        except PidfileError as e:
+            print(f"pmemd: {e.strerror}", file=sys.stderr)
+            return EXIT_BAD_VALUE
+        notifier = held.enter_context(contextlib.closing(SystemdNotifier()))
+        if plan is not None:
+            try:
+                unshare_namespaces()  # while single-threaded; the rest of depriv ends setup
+            except DeprivError as e:
+                print(f"pmemd: {e}", file=sys.stderr)
+                return EXIT_BAD_VALUE
 
-    async def main() -> None:
-        import trio
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(functools.partial(serve_guest, cfg, socket, options=options))
+                notifier.ready()
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_guest, cfg, socket)
+        try:
+            return run_until_signalled(main, on_signal=notifier.stopping)
+        except Exception as e:  # one line for the toolstack; the details are in the log
+            print(f"pmemd: domain {cfg.domid}: {_first_error(e)}", file=sys.stderr)
+            return EXIT_BAD_VALUE
 
-    return run_until_signalled(main)
+
+def _first_error(e: BaseException) -> str:
+    """The innermost first error of a (nested) exception group, as one line."""
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _check_run_usage(args: argparse.Namespace) -> str | None:
+    """Flag combinations `pmemd run` refuses as usage errors (exit 2)."""
+    if args.depriv and (args.uid is None or args.gid is None):
+        return "--depriv needs --uid and --gid"
+    if not args.depriv and (args.uid is not None or args.gid is not None or args.chroot):
+        return "--uid, --gid and --chroot only go with --depriv"
+    return None
 
 
 def cmd_domain(args: argparse.Namespace) -> int:
@@ -212,8 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="guest config (TOML)")
     p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
     p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
-    p.add_argument("--log-format", choices=["json", "console"], default="json", help="log format (default json)")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--pidfile", help="write the pid here (0600), locked while the daemon lives")
+    p.add_argument("--resume", metavar="FILE", help="load device state saved by --save before serving")
+    p.add_argument("--save", metavar="FILE", help="save device state here when stopped by SIGTERM/SIGINT")
+    p.add_argument("--depriv", action="store_true", help="drop root after setup (needs --uid and --gid)")
+    p.add_argument("--uid", type=int, help="user id to run as after --depriv")
+    p.add_argument("--gid", type=int, help="group id to run as after --depriv")
+    p.add_argument("--chroot", help="directory to chroot into after setup (with --depriv)")
+    p.add_argument("--log-format", choices=["json", "console"], default=None,
+                   help="log format (default: json, console on a terminal)")
+    p.set_defaults(func=cmd_run, check=_check_run_usage)
 
     p = sub.add_parser("sim", help="run the simulated Xen host")
     p.add_argument("--socket", required=True, help="Unix socket for the simulated hypervisor")
@@ -259,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None and (problem := check(args)):
+        parser.error(problem)  # usage error: exit 2
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 

@@ -10,6 +10,7 @@ stack unwinds them in reverse — so a failure at any step leaves nothing behind
 from __future__ import annotations
 
 import contextlib
+import errno
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Mapping
 
@@ -24,11 +25,13 @@ from pmemd.dsm.label_file import open_label_stores
 from pmemd.dsm.label_store import LabelStore
 from pmemd.dsm_device import DsmPageDevice
 from pmemd.ioreq.server import IoreqServer
+from pmemd.lifecycle import RunOptions
 from pmemd.pmem_map import lock_backing, map_pmem
 from pmemd.storage import MapReport
 from pmemd.qemu_transport import DoorbellServer, GuestRamPage
 from pmemd.tables import Tables, build_tables
 from pmemd.xen.api import DeviceModelHypervisor
+from pmemd.xen.errors import HypervisorError, ProtocolError
 from pmemd.xen.sim_client import SimDeviceModel
 
 log = structlog.get_logger("pmemd.daemon")
@@ -50,6 +53,7 @@ class Guest:
     pmem_maps: dict[int, MapReport] = field(default_factory=dict)  # slot -> what "map-pmem" populated
     doorbell: DoorbellServer | None = None  # [dsm] transport = "qemu" instead of `server`
     completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
+    options: RunOptions = field(default_factory=RunOptions)  # `pmemd run`'s lifecycle flags
 
 
 Step = Callable[[Guest], contextlib.AbstractAsyncContextManager[None]]
@@ -118,16 +122,69 @@ async def _serve_doorbell(guest: Guest) -> AsyncIterator[None]:
         ram.close()
 
 
+@contextlib.asynccontextmanager
+async def deprivilege(guest: Guest) -> AsyncIterator[None]:
+    """With `--depriv`: drop root once every privileged step is in (`pmemd.depriv`).
+
+    Placed after everything that opens handles, files or locks and before the state key
+    says "running" (the toolstack unpauses the guest only then), so no guest input is
+    read with root. Nothing to undo: privileges are gone for the rest of the process.
+    """
+    if guest.options.depriv is not None:
+        from pmemd.depriv import drop_privileges
+
+        drop_privileges(guest.options.depriv)
+    yield
+
+
 # Setup order (the toolstack issue's order): hypervisor handles, handlers, ioreq server
 # (create, map pages, bind channels, map ranges, enable); then table publication, pmem
-# mapping and the "running" state key, as those steps land.
+# mapping and the "running" state key, as those steps land. "depriv" stays after every
+# privileged step and before the "running" state key.
 STEPS: list[tuple[str, Step]] = [
     ("hypervisor", open_hypervisor),
     ("backing-lock", lock_backing),  # before anything opens a backing file (label journals)
     ("dsm-handlers", open_dsm_handlers),
     ("ioreq-server", serve_dsm_page),
+    ("depriv", deprivilege),
     ("map-pmem", map_pmem),  # after table publication, before the "running" state key
 ]
+
+
+DOMAIN_POLL_INTERVAL = 1.0  # seconds between existence checks when no xenstore watch is available
+
+
+async def domain_gone(guest: Guest) -> bool:
+    """The existence check: True once the domain is destroyed or the hypervisor is unreachable."""
+    assert guest.hv is not None
+    try:
+        info = await guest.hv.domain_info()
+    except HypervisorError as e:
+        if e.errno == errno.ESRCH:
+            return True
+        raise
+    except (ProtocolError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return True
+    return info.state == "destroyed"
+
+
+async def watch_domain(guest: Guest) -> None:
+    """Return when the domain has disappeared.
+
+    With a xenstore connection (`guest.xenstore`, once published) this waits on the
+    `@releaseDomain` watch, which names no domain, and re-checks existence on each event;
+    without one it checks existence every `DOMAIN_POLL_INTERVAL`.
+    """
+    if guest.hv is None:  # [dsm] transport = "qemu": no domain to watch, serve until cancelled
+        await trio.sleep_forever()
+    xenstore = getattr(guest, "xenstore", None)
+    if xenstore is not None:
+        async with xenstore.watching("@releaseDomain") as events:
+            async for _ in events:
+                if await domain_gone(guest):
+                    return
+    while not await domain_gone(guest):
+        await trio.sleep(DOMAIN_POLL_INTERVAL)
 
 
 async def serve_guest(
@@ -135,18 +192,24 @@ async def serve_guest(
     hypervisor_socket: str,
     *,
     steps: list[tuple[str, Step]] | None = None,
+    options: RunOptions | None = None,
     task_status: trio.TaskStatus[Guest] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Set up every step for domain `config.domid`, report started, serve until cancelled."""
+    """Set up every step for domain `config.domid`, report started, serve until cancelled
+    or until the domain disappears (then tear down and return)."""
     async with trio.open_nursery() as nursery:
         guest = Guest(config, hypervisor_socket, nursery, build_tables(config))
+        if options is not None:
+            guest.options = options
         async with contextlib.AsyncExitStack() as stack:
             for name, step in STEPS if steps is None else steps:
                 await stack.enter_async_context(_logged(name, step, guest))
             log.info("running", mode=config.dsm.mode, page=hex(config.dsm.page),
                      nvdimms=len(config.nvdimms), labels=sorted(guest.labels))
             task_status.started(guest)
-            await trio.sleep_forever()
+            await watch_domain(guest)
+            log.info("domain gone: tearing down")
+        nursery.cancel_scope.cancel()  # steps are undone; stop what they left in the nursery
 
 
 @contextlib.asynccontextmanager
