@@ -28,6 +28,7 @@ from typing import Iterable
 
 from acpi import dsm_buffer as page
 from acpi.doorbell import doorbell_objects, doorbell_ring
+from acpi.events import nevt_method
 from acpi.aml import (
     QWORD_ACC,
     DWORD_ACC,
@@ -322,7 +323,9 @@ def dimm_device(dimm: Dimm) -> Device:
 
 
 def nvdr_terms(dimms: Iterable[Dimm], dsm: DsmPage) -> tuple[Term, ...]:
-    """The contents of Device(NVDR)."""
+    """The contents of Device(NVDR); NEVT (`acpi.events`) reads the event register."""
+    dimms = list(dimms)
+    events = nevt_method((d.slot for d in dimms), readable=dsm.doorbell is None)
     return (
         Name("_HID", String(ROOT_HID)),
         *_static_objects(dsm),
@@ -333,6 +336,7 @@ def nvdr_terms(dimms: Iterable[Dimm], dsm: DsmPage) -> tuple[Term, ...]:
         _nlsr(),
         _dsm_method(str(ROOT_UUID), page.ROOT_HANDLE),
         *(dimm_device(d) for d in sorted(dimms, key=lambda d: d.slot)),
+        events,
     )
 
 

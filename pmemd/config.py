@@ -35,6 +35,9 @@ PLATFORM_RESERVED_START = 0xFC000000  # hvmloader's special pages, LAPIC, IOAPIC
 DEFAULT_MMIO_HOLE = 256 * MiB
 DEFAULT_MMIO_DSM_PAGE = PLATFORM_RESERVED_START - PAGE_SIZE
 
+DEFAULT_SCRUB_RATE = GiB  # bytes/s: a 16 GiB DIMM scrubs in 16 s
+MAX_SCRUB_RATE = 1 << 50
+
 DsmMode = Literal["mmio", "ram"]
 Transport = Literal["xen", "qemu"]
 DEFAULT_DOORBELL_TIMEOUT_MS = 4000  # the AML's bound on waiting for a qemu-transport reply
@@ -84,6 +87,8 @@ class DsmConfig:
     doorbell: Path | None = None  # qemu: Unix socket QEMU's isa-debugcon chardev connects to
     ram: Path | None = None  # qemu: the guest-RAM file (file offset == GPA below 4 GiB)
     timeout_ms: int = DEFAULT_DOORBELL_TIMEOUT_MS  # qemu: the AML's wait bound per call
+    scrub_rate: int = DEFAULT_SCRUB_RATE  # ARS scrub speed, bytes/s (tests set it fast)
+    state_file: Path | None = None  # health and poison across restarts; None: beside nvdimm[0]'s backing
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,7 @@ def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: 
     domid = parse_int(raw["domid"], "domid", 1, DOMID_FIRST_RESERVED - 1)
     guest = _guest(_table(raw, "guest"))
     dsm = _dsm(_table(raw, "dsm"), guest, base_dir)
+    dsm = _dsm_media(_table(raw, "dsm"), dsm, base_dir)
     xen = _xen(_table(raw, "xen"))
     qmp = _table(raw, "qmp")
     _reject_unknown(qmp, {"socket"}, "qmp")
@@ -254,7 +260,8 @@ def _guest(t: Mapping[str, Any]) -> GuestConfig:
 
 
 def _dsm(t: Mapping[str, Any], guest: GuestConfig, base_dir: Path = Path(".")) -> DsmConfig:
-    _reject_unknown(t, {"mode", "page", "notify_port", "transport", "doorbell", "ram", "timeout_ms"}, "dsm")
+    _reject_unknown(t, {"mode", "page", "notify_port", "transport", "doorbell", "ram", "timeout_ms",
+                        "scrub_rate", "state_file"}, "dsm")
     transport = t.get("transport", "xen")
     if transport not in ("xen", "qemu"):
         raise ConfigError("dsm.transport", f"must be \"xen\" or \"qemu\", got {transport!r}")
@@ -304,6 +311,20 @@ def _qemu_dsm(t: Mapping[str, Any], guest: GuestConfig, base_dir: Path) -> DsmCo
         paths[key] = path if path.is_absolute() else base_dir / path
     timeout = parse_int(t.get("timeout_ms", DEFAULT_DOORBELL_TIMEOUT_MS), "dsm.timeout_ms", 1, 60_000)
     return DsmConfig("ram", page, port, "qemu", paths["doorbell"], paths["ram"], timeout)
+
+
+def _dsm_media(t: Mapping[str, Any], dsm: DsmConfig, base_dir: Path) -> DsmConfig:
+    """ARS scrub rate and the state file (media errors and health), for either transport."""
+    rate = parse_size(t.get("scrub_rate", DEFAULT_SCRUB_RATE), "dsm.scrub_rate")
+    if not 1 <= rate <= MAX_SCRUB_RATE:
+        raise ConfigError("dsm.scrub_rate", f"must be between 1 and {MAX_SCRUB_RATE} bytes/s, got {rate}")
+    state_file = t.get("state_file")
+    if state_file is not None and (not isinstance(state_file, str) or not state_file):
+        raise ConfigError("dsm.state_file", f"must be a file path, got {state_file!r}")
+    path = None if state_file is None else Path(state_file)
+    if path is not None and not path.is_absolute():
+        path = base_dir / path
+    return replace(dsm, scrub_rate=rate, state_file=path)
 
 
 def _xen(t: Mapping[str, Any]) -> XenConfig:

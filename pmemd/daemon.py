@@ -23,7 +23,9 @@ from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.dispatcher import Dispatcher
 from pmemd.dsm.label_file import open_label_stores
 from pmemd.dsm.label_store import LabelStore
+from pmemd.dsm.media import MediaErrors
 from pmemd.dsm_device import DsmPageDevice
+from pmemd.dsm_effects import DsmEffects, EventingDsmPageDevice, open_media_effects
 from pmemd.ioreq.server import IoreqServer
 from pmemd.lifecycle import RunOptions
 from pmemd.pmem_map import lock_backing, map_pmem
@@ -48,6 +50,7 @@ class Guest:
     hv: DeviceModelHypervisor | None = None
     labels: Mapping[int, LabelStore] = field(default_factory=dict)
     dispatcher: Dispatcher | None = None
+    effects: DsmEffects | None = None  # notifies, vMCE poison, saved health (dsm-handlers)
     device: DsmPageDevice | None = None
     server: IoreqServer | None = None
     pmem_maps: dict[int, MapReport] = field(default_factory=dict)  # slot -> what "map-pmem" populated
@@ -75,11 +78,14 @@ async def open_hypervisor(guest: Guest) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def open_dsm_handlers(guest: Guest) -> AsyncIterator[None]:
-    """Label stores (one file each, held open) and the dispatcher over them."""
+    """Label stores (one file each, held open), the dispatcher over them, and its side
+    effects: saved health and poison restored, the ARS scrubber, notifies (`dsm_effects`)."""
     with contextlib.ExitStack() as stack:
         guest.labels = open_label_stores(guest.config, stack)
-        guest.dispatcher = build_dispatcher(guest.config, guest.labels)
-        yield
+        media = MediaErrors.create(rate=guest.config.dsm.scrub_rate, now=trio.current_time)
+        guest.dispatcher = build_dispatcher(guest.config, guest.labels, media=media)
+        async with open_media_effects(guest.config, guest.dispatcher, guest.hv) as guest.effects:
+            yield
 
 
 @contextlib.asynccontextmanager
@@ -94,7 +100,8 @@ async def serve_dsm_page(guest: Guest) -> AsyncIterator[None]:
     ram_page = None
     if dsm.mode == "ram":
         ram_page = (await guest.hv.map_foreign(dsm.page // PAGE_SIZE, 1))[:PAGE_SIZE]
-    guest.device = DsmPageDevice(dsm, guest.dispatcher.dispatch, ram_page)
+    events = guest.effects.events if guest.effects is not None else None
+    guest.device = EventingDsmPageDevice(dsm, guest.dispatcher.dispatch, ram_page, events=events)
     guest.server = IoreqServer(guest.hv, guest.device, guest.device.io_ranges())
     async with trio.open_nursery() as nursery:
         await nursery.start(guest.server.run)

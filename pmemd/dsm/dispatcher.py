@@ -15,7 +15,7 @@ Routing, in order (status codes in `call.Status`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, Mapping
+from typing import Any, Callable, Generic, Mapping
 
 import structlog
 
@@ -43,6 +43,8 @@ class Dispatcher:
 
     def __init__(self, targets: Mapping[int, Target[Any]]) -> None:
         self._targets = dict(targets)
+        self.observers: list[Callable[[Call], None]] = []
+        """Run after each decoded call, before `dispatch` returns (side effects: notifies, poison)."""
 
     def target(self, handle: int) -> Target[Any] | None:
         return self._targets.get(handle)
@@ -61,7 +63,10 @@ class Dispatcher:
             if e.function == 0:
                 return encode_mask(0)
             return encode_status(Status.INVALID_INPUT)
-        return self.answer(call)
+        reply = self.answer(call)
+        for observe in self.observers:
+            observe(call)
+        return reply
 
     def answer(self, call: Call) -> bytes:
         """The reply bytes for an already decoded call."""

@@ -4,15 +4,21 @@ The blob (kind b"GSTA") nests the root's MEDA blob and one HLTH blob per DIMM sl
 self-describing, so the lifecycle owner may embed the whole or the parts in its save files.
 `write_state_file` replaces the file atomically (temp file, fsync, rename, fsync of the
 directory): a crash leaves the old state or the new, never half of either.
+
+The daemon's own file (`save_state_file`/`load_state_file`, kind b"GFIL") wraps that blob
+with a marker: "running" from start-up until a clean stop. Finding it still "running" at the
+next start means the previous daemon died without stopping — a dirty shutdown, which the
+DIMMs' health counts.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from construct import Array, GreedyBytes, Int16ul, Int32ul, Prefixed, Struct, Terminated, this
+from construct import Array, GreedyBytes, Int8ul, Int16ul, Int32ul, Prefixed, Struct, Terminated, this
 
 from .devices import Dimm, Root
 from .health import Health
@@ -50,6 +56,47 @@ def restore_guest_state(blob: bytes, root: Root, dimms: Iterable[Dimm]) -> None:
     for dimm in dimms:
         if dimm.config.slot in health:
             dimm.health = health[dimm.config.slot]
+
+
+FILE_KIND = b"GFIL"
+FILE_VERSION = 1
+
+StateFileBodyV1 = Struct(
+    "running" / Int8ul,  # 1 from start-up until a clean stop: still 1 on the next start = dirty shutdown
+    "state" / Prefixed(Int32ul, GreedyBytes),  # a GSTA blob
+    Terminated,
+)
+"""Version 1 of the daemon's own state file: the guest state plus the clean-stop marker."""
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """What the state file said about the previous run."""
+
+    running: bool
+    """The previous daemon never recorded a clean stop (killed, crashed, host lost power)."""
+
+
+def save_state_file(path: Path, root: Root, dimms: Iterable[Dimm], *, running: bool) -> None:
+    """Write the guest's state with the clean-stop marker (`running` False only on a clean stop)."""
+    body = StateFileBodyV1.build({"running": int(running), "state": guest_state_bytes(root, dimms)})
+    write_state_file(path, wrap(FILE_KIND, FILE_VERSION, body))
+
+
+def load_state_file(path: Path, root: Root, dimms: Iterable[Dimm]) -> SavedRun | None:
+    """Restore the devices from `path`; None (nothing changed) when there is no file yet.
+
+    Errors: `StateFormatError` for a corrupt or newer file (nothing changes then).
+    """
+    blob = read_state_file(path)
+    if blob is None:
+        return None
+    _, body = unwrap(FILE_KIND, FILE_VERSION, blob)
+    parsed = parse_body(StateFileBodyV1, body)
+    if parsed.running > 1:
+        raise StateFormatError(f"state file marker {parsed.running} is neither 0 nor 1")
+    restore_guest_state(parsed.state, root, dimms)
+    return SavedRun(bool(parsed.running))
 
 
 def write_state_file(path: Path, blob: bytes) -> None:

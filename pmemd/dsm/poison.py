@@ -47,6 +47,8 @@ class PoisonSet:
         self.max_ranges = max_ranges
         self._starts: list[int] = []
         self._ends: list[int] = []
+        self.version = 0
+        """Bumped by every change: lets a consumer (the vMCE publisher) skip unchanged sets cheaply."""
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -63,6 +65,7 @@ class PoisonSet:
         self._check_count(len(self._starts) - (j - i) + 1)
         self._starts[i:j] = [start]
         self._ends[i:j] = [end]
+        self.version += 1
 
     def remove(self, start: int, length: int) -> None:
         """Unpoison [start, start + length), splitting a range that straddles it.
@@ -86,6 +89,7 @@ class PoisonSet:
         self._check_count(len(self._starts) - (j - i) + len(starts))
         self._starts[i:j] = starts
         self._ends[i:j] = ends
+        self.version += 1
 
     def fits(self, start: int, length: int) -> bool:
         """Whether `add(start, length)` would stay within the bound (to add to two sets or none)."""
@@ -100,6 +104,7 @@ class PoisonSet:
         """Forget every range."""
         self._starts.clear()
         self._ends.clear()
+        self.version += 1
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -13,10 +13,16 @@ Script format (JSON Lines), one object per line:
   {"read": <GPA>, "length": N, "vcpu": 0}              -> {"data": "<hex>"}
   {"write": <GPA>, "data": "<hex>", "vcpu": 0}         -> {"ok": true}
 A malformed line or a faulting access yields {"error": "..."} and the script goes on.
+A read that consumes poison yields {"error": "machine check: ...", "mce": {...}} instead.
+
+  {"events": true, "poll": false}  -> {"gpes": [4], "notify": [{"target": "NV00", "value": 129}]}
+takes the SCI: the pending GPEs (cleared) and, when the NVDIMM event GPE is among them (or
+with "poll": true), NEVT's reads of the notify register (`acpi.events`), one per event.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -26,15 +32,19 @@ from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator
 
 from acpi import dsm_buffer as page
-from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID
+from acpi.events import EVENT_GPE, decode_event, event_bound
+from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID, device_name
 from acpi.dsm_buffer import DsmRequestHeader
 from pmemd.config import Config
 from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
 from pmemd.ioreq.abi import IOREQ_WRITE
 from pmemd.xen import wire
+from pmemd.xen._sync import SyncClient
 from pmemd.xen.guest import GuestConnection
 
 QWORD_MASK = (1 << 64) - 1
+MCE_VECTOR = 18  # #MC
+EHWPOISON = getattr(errno, "EHWPOISON", 133)  # what the simulator answers a read of poison with
 
 
 class DaemonGone(Exception):
@@ -62,6 +72,14 @@ class CallResult:
         return {"status": self.status, "out": self.out.hex(), "ioreqs": self.ioreqs}
 
 
+class MachineCheck(Exception):
+    """A guest read consumed poison: the CPU would take #MC instead of loading data."""
+
+    def __init__(self, message: str, mce: dict[str, int]) -> None:
+        super().__init__(message)
+        self.mce = mce
+
+
 class ScriptError(ValueError):
     """A script line that is not a valid call or memory access."""
 
@@ -78,6 +96,7 @@ class Guest:
         self._connect = connect
         self._vcpus: dict[int, GuestConnection] = {}
         self.slots = {d.slot for d in config.nvdimms}
+        self._platform: SyncClient | None = None  # for gpe_take, opened on first use
 
     def vcpu(self, index: int) -> GuestConnection:
         if not 0 <= index < self.config.guest.vcpus:
@@ -90,6 +109,30 @@ class Guest:
         for conn in self._vcpus.values():
             conn.close()
         self._vcpus.clear()
+        if self._platform is not None:
+            self._platform.close()
+            self._platform = None
+
+    # -- the SCI: NVDIMM events, as NEVT drains them ---------------------------------------
+
+    def events(self, *, poll: bool = False) -> dict[str, Any]:
+        """Take the pending GPEs; for the NVDIMM GPE (or `poll`), read and decode the events."""
+        if self._platform is None:
+            self._platform = SyncClient(self.socket_path)
+        gpes = self._platform.request("gpe_take", domid=self.config.domid)["gpes"]
+        notifies: list[dict[str, Any]] = []
+        if EVENT_GPE in gpes or poll:
+            conn = self.vcpu(0)
+            for _ in range(event_bound(len(self.slots))):
+                event = decode_event(conn.port_read(self.config.dsm.notify_port, page.NOTIFY_WIDTH))
+                if event is None:
+                    break
+                handle, value = event
+                if handle == page.ROOT_HANDLE:
+                    notifies.append({"target": "NVDR", "value": value})
+                elif handle - 1 in self.slots:
+                    notifies.append({"target": device_name(handle - 1), "value": value})
+        return {"gpes": gpes, "notify": notifies}
 
     # -- one _DSM call, as NCAL performs it ---------------------------------------------
 
@@ -182,6 +225,8 @@ class Guest:
             line = json.loads(text)
             if not isinstance(line, dict):
                 raise ScriptError("a script line must be a JSON object")
+            if "events" in line:
+                return self.events(poll=line.get("poll") is True)
             if "read" in line:
                 gpa, length = _int_field(line, "read", None), _int_field(line, "length", None)
                 return {"data": self.read_memory(gpa, length, vcpu=_int_field(line, "vcpu", 0)).hex()}
@@ -198,6 +243,8 @@ class Guest:
             raise ScriptError("a line needs \"function\", \"read\" or \"write\"")
         except json.JSONDecodeError as e:
             return {"error": f"not JSON: {e}"}
+        except MachineCheck as e:
+            return {"error": str(e), "mce": e.mce}
         except (ScriptError, HypervisorError, ValueError) as e:
             return {"error": str(e)}
         except (DomainCrashed, ProtocolError, ConnectionError, EOFError) as e:
@@ -215,7 +262,7 @@ class Guest:
         out = bytearray()
         for offset in range(0, length, 8):
             width = _width(gpa + offset, length - offset)
-            out += conn.mmio_read(gpa + offset, width).to_bytes(width, "little")
+            out += _read_or_mce(conn, gpa + offset, width).to_bytes(width, "little")
         return bytes(out[:length])
 
     def write_memory(self, gpa: int, data: bytes, *, vcpu: int = 0) -> None:
@@ -230,6 +277,17 @@ class Guest:
             width = _width(gpa + offset, len(data) - offset)
             conn.mmio_write(gpa + offset, width, int.from_bytes(data[offset : offset + width], "little"))
             offset += width
+
+
+def _read_or_mce(conn: GuestConnection, gpa: int, width: int) -> int:
+    """One memory read; consumed poison (EHWPOISON from the simulator) becomes `MachineCheck`."""
+    try:
+        return conn.mmio_read(gpa, width)
+    except HypervisorError as e:
+        if e.errno == EHWPOISON:
+            raise MachineCheck(f"machine check: {e.message}", {"vector": MCE_VECTOR, "address": gpa,
+                                                               "length": width}) from None
+        raise
 
 
 def _width(gpa: int, remaining: int) -> int:

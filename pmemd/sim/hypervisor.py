@@ -20,6 +20,11 @@ Requests (JSON, `op` plus arguments; every reply is `{"ok": true, ...}` or an er
   evtchn_bind_interdomain handle domid remote_port -> local_port
   evtchn_unbind handle port
   guest_attach domid vcpu -> layout + RAM fd; then binary GuestAccess frames
+  platform_map domid -> fd of the domain's platform page (GPE status, vMCE poison table)
+  gpe_take domid -> gpes: the pending GPEs, cleared (the guest's OSPM taking the SCI)
+
+A guest read meeting a range in the platform page's poison table fails with EHWPOISON
+(a machine check) instead of returning data.
   host_pmem_add device spa_base [data] [reserved] files   (XENPF_pmem_add; see hv_pmem)
   host_pmem_list -> regions
   populate_pmem_map domid mfn gfn nr_mfns               (XENMEM_populate_pmem_map)
@@ -49,6 +54,7 @@ from pmemd.ioreq import abi
 from pmemd.ioreq.machine import MAX_REP_COUNT, IoRequest
 from pmemd.sim.hv_domain import DESTROYED, PAUSED, RANGE_MMIO, RANGE_PORT, Domain, Layout, SimIoreqServer
 from pmemd.sim.hv_evtchn import Binding, EvtchnHandle
+from pmemd.sim.hv_platform import Platforms
 from pmemd.sim.hv_pmem import HostPmem, PmemAccess, PmemRegion, populate_pmem_map
 from pmemd.xen import wire
 from pmemd.xen.errors import HypervisorError, ProtocolError, error_reply
@@ -67,6 +73,7 @@ class Hypervisor:
         self._handle_ids = itertools.count(1)
         self._local_ports = itertools.count(1)  # dom0's port space, shared by all handles
         self.bindings: dict[tuple[int, int], Binding] = {}  # (domid, xen port) -> binding
+        self.platforms = Platforms()  # per-domain GPE status and vMCE poison (hv_platform)
         self.pmem = HostPmem()  # host pmem regions and which domain owns each frame
         # Glue for the rest of the simulated host (pmemd.sim.hvmloader.attach): run at a domain's
         # unpause from paused, before its vCPUs run; and once it is destroyed.
@@ -102,6 +109,7 @@ class Hypervisor:
         for port in dom.destroy():
             self._unbind(self.bindings.get((dom.domid, port)))
         self.pmem.release(dom.domid)  # Xen's RELMEM_pmem: frames go back with the domain
+        self.platforms.drop(dom)
         for hook in self.on_destroy if first else ():
             hook(dom)
 
@@ -316,6 +324,15 @@ class Connection:
         offset = dom.foreign_offset(_int(m, "gfn"), _int(m, "nr"))
         return {"offset": offset}, [os.dup(dom.ram.fd)]
 
+    # -- platform: GPEs and vMCE poison (hv_platform) -------------------------------------------
+    def _op_platform_map(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        dom = self.hv.domain(m.get("domid"))
+        dom._require_alive()
+        return {}, [os.dup(self.hv.platforms.of(dom).fd)]
+
+    def _op_gpe_take(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        return {"gpes": self.hv.platforms.of(self.hv.domain(m.get("domid"))).take_gpes()}, []
+
     # -- event channels ---------------------------------------------------------------------
     def _op_evtchn_open(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         handle, theirs = self.hv.open_evtchn()
@@ -392,6 +409,7 @@ class Connection:
         status, trapped, result = 0, 0, 0
         try:
             check_guest_access(req, space)
+            self.hv.platforms.check_read(dom, req, space)
             result, was_trapped = await dom.access(vcpu, req)
             trapped = int(was_trapped)
         except HypervisorError as exc:

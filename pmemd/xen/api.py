@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Sequence
 
 from pmemd.ioreq.abi import HVM_IOREQSRV_BUFIOREQ_OFF
 
@@ -90,6 +91,25 @@ class EventChannel(ABC):
     def close(self) -> None: ...
 
 
+class PlatformEvents(ABC):
+    """Guest-platform effects a device model causes while serving an access: SCI/GPE and vMCE.
+
+    Both are sync and never block, like `EventChannel.notify`: on Xen they are DMOPs (ioctls)
+    made before the ioreq completes, so the guest's next instruction sees them.
+    """
+
+    @abstractmethod
+    def raise_gpe(self, gpe: int) -> None:
+        """Set GPE `gpe`'s status bit and raise the SCI; the guest runs `\\_GPE._Exx`."""
+
+    @abstractmethod
+    def set_poison(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """The guest's poisoned (start, length) ranges: reads there take a machine check."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
 class DeviceModelHypervisor(ABC):
     """The hypervisor as one guest's device model sees it (domid fixed at connect)."""
 
@@ -128,6 +148,10 @@ class DeviceModelHypervisor(ABC):
     async def populate_pmem_map(self, mfn: int, gfn: int, nr_mfns: int) -> None:
         """XENMEM_populate_pmem_map: map host pmem frames mfn.. at gfn.. (no unmap; they go
         with the domain). Errors: ENXIO outside host pmem data, EBUSY frame owned, EEXIST gfns taken."""
+
+    @abstractmethod
+    async def open_platform(self) -> PlatformEvents:
+        """The guest's GPE and vMCE controls (`PlatformEvents`)."""
 
     @abstractmethod
     async def shutdown(self, reason: int) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import mmap
 import os
 import socket
-from typing import Any
+from typing import Any, Sequence
 
 import trio
 
 from pmemd.ioreq import abi
 from pmemd.xen import wire
-from pmemd.xen.api import DeviceModelHypervisor, DomainInfo, EventChannel, IoreqServerInfo
+from pmemd.xen import platform_page
+from pmemd.xen.api import DeviceModelHypervisor, DomainInfo, EventChannel, IoreqServerInfo, PlatformEvents
 from pmemd.xen.errors import ProtocolError, raise_for_reply
 from pmemd.xen.evtchn import SimEventChannel
 
@@ -107,6 +108,10 @@ class SimDeviceModel(DeviceModelHypervisor):
     async def populate_pmem_map(self, mfn: int, gfn: int, nr_mfns: int) -> None:
         await self._dm("populate_pmem_map", mfn=mfn, gfn=gfn, nr_mfns=nr_mfns)
 
+    async def open_platform(self) -> PlatformEvents:
+        r = await self._dm("platform_map")
+        return SimPlatformEvents(self._map(r["fds"][0], platform_page.PAGE_BYTES))
+
     async def shutdown(self, reason: int) -> None:
         await self._dm("domain_shutdown", reason=reason)
 
@@ -124,3 +129,27 @@ class SimDeviceModel(DeviceModelHypervisor):
         self._maps.clear()
         self.channel.close()
         await trio.lowlevel.checkpoint()
+
+
+class SimPlatformEvents(PlatformEvents):
+    """The simulator's platform page (`pmemd.xen.platform_page`), written in place."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._writer: platform_page.PlatformWriter | None = platform_page.PlatformWriter(view)
+
+    def _open(self) -> platform_page.PlatformWriter:
+        if self._writer is None:
+            raise ValueError("the platform page is closed")
+        return self._writer
+
+    def raise_gpe(self, gpe: int) -> None:
+        self._open().raise_gpe(gpe)
+
+    def set_poison(self, ranges: Sequence[tuple[int, int]]) -> None:
+        self._open().set_poison(ranges)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer = None
+            self._view.release()
