@@ -245,10 +245,11 @@ class Guest:
             return {"error": f"not JSON: {e}"}
         except MachineCheck as e:
             return {"error": str(e), "mce": e.mce}
+        except (DomainCrashed, ProtocolError, ConnectionError, EOFError) as e:
+            # before HypervisorError: a crashed domain is one, and no call can follow it
+            raise DaemonGone(str(e)) from e
         except (ScriptError, HypervisorError, ValueError) as e:
             return {"error": str(e)}
-        except (DomainCrashed, ProtocolError, ConnectionError, EOFError) as e:
-            raise DaemonGone(str(e)) from e
 
     def read_memory(self, gpa: int, length: int, *, vcpu: int = 0) -> bytes:
         """Read guest memory as the guest's CPU would: RAM directly, MMIO through accesses."""
