@@ -67,6 +67,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from pmemd.xen.errors import HypervisorError
 
     logs.configure(args.log_format)
+    if args.acpi_out and not args.xenstore:
+        print("pmemd: --acpi-out needs --xenstore (hvmloader reads the dm-acpi keys there)", file=sys.stderr)
+        return EXIT_USAGE
     hypervisor = Hypervisor()
     try:
         for path in args.host_pmem:
@@ -80,9 +83,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(serve_hypervisor, args.socket, hypervisor=hypervisor))
             if args.xenstore:
+                from pmemd.sim.hvmloader import attach
                 from pmemd.sim.xenstored import serve_xenstored
 
-                await nursery.start(serve_xenstored, args.xenstore)
+                store = await nursery.start(serve_xenstored, args.xenstore)
+                attach(hypervisor, store, Path(args.acpi_out) if args.acpi_out else None)
             print("ready", flush=True)
 
     return run_until_signalled(main)
@@ -171,26 +176,50 @@ def cmd_domain(args: argparse.Namespace) -> int:
     from pmemd.xen.control import DomainControl
     from pmemd.xen.errors import HypervisorError
 
+    from pmemd.toolstack import ToolstackError
+    from pmemd.xenstore import XenstoreError
+
     cfg = _load_config(args)
+    extra: dict = {}
     try:
         with DomainControl(_hypervisor_socket(args, cfg)) as control:
             if args.action == "create":
                 info = control.create_from(cfg.domid, cfg.guest)
+                extra = _toolstack_create(control, cfg)
             elif args.action == "unpause":
                 control.unpause(cfg.domid)
                 info = control.info(cfg.domid)
             elif args.action == "destroy":
                 control.destroy(cfg.domid)
+                if cfg.xen.xenstore != "embedded":
+                    from pmemd import toolstack
+
+                    toolstack.destroy(cfg.domid, cfg.xen.xenstore)
                 print(json.dumps({"domid": cfg.domid, "state": "destroyed"}))
                 return 0
             else:
                 info = control.info(cfg.domid)
-    except (HypervisorError, OSError) as e:
+    except (HypervisorError, OSError, ToolstackError, XenstoreError) as e:
         print(f"pmemd: domain {args.action} {cfg.domid}: {e}", file=sys.stderr)
         return EXIT_BAD_VALUE
     print(json.dumps({"domid": info.domid, "state": info.state, "vcpus": info.vcpus,
-                      **({"crash_reason": info.crash_reason} if info.crash_reason else {})}))
+                      **({"crash_reason": info.crash_reason} if info.crash_reason else {}), **extra}))
     return 0
+
+
+def _toolstack_create(control, cfg) -> dict:  # type: ignore[no-untyped-def]
+    """With `[xen] xenstore` naming a socket: the domain's home and the dm-acpi buffer keys, as
+    libxl writes them (`pmemd.toolstack`). If that fails the new domain is destroyed again."""
+    if cfg.xen.xenstore == "embedded":
+        return {}
+    from pmemd import toolstack
+
+    try:
+        buffer = toolstack.create(cfg, cfg.xen.xenstore)
+    except BaseException:
+        control.destroy(cfg.domid)
+        raise
+    return {"dm_acpi": {"address": hex(buffer.address), "length": hex(buffer.length)}}
 
 
 def cmd_guest(args: argparse.Namespace) -> int:
@@ -285,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="run the simulated Xen host")
     p.add_argument("--socket", required=True, help="Unix socket for the simulated hypervisor")
     p.add_argument("--xenstore", help="also serve an embedded xenstored on this Unix socket")
+    p.add_argument("--acpi-out", metavar="DIR",
+                   help="with --xenstore: write the tables hvmloader loads at each domain's boot to DIR/dom<D>/")
     p.add_argument("--host-pmem", action="append", default=[], metavar="FILE",
                    help="TOML [[region]] tables describing host pmem and its files (repeatable)")
     p.add_argument("--log-format", choices=["json", "console"], default="json", help="log format (default json)")

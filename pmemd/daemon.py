@@ -24,6 +24,7 @@ from pmemd.dsm.dispatcher import Dispatcher
 from pmemd.dsm.label_file import open_label_stores
 from pmemd.dsm.label_store import LabelStore
 from pmemd.dsm.media import MediaErrors
+from pmemd.dmacpi import Publication, publish_tables
 from pmemd.dsm_device import DsmPageDevice
 from pmemd.dsm_effects import DsmEffects, EventingDsmPageDevice, open_media_effects
 from pmemd.ioreq.server import IoreqServer
@@ -34,7 +35,9 @@ from pmemd.qemu_transport import DoorbellServer, GuestRamPage
 from pmemd.tables import Tables, build_tables
 from pmemd.xen.api import DeviceModelHypervisor
 from pmemd.xen.errors import HypervisorError, ProtocolError
+from pmemd.state_key import open_daemon_client, report_running, report_state
 from pmemd.xen.sim_client import SimDeviceModel
+from pmemd.xenstore import XenstoreClient
 
 log = structlog.get_logger("pmemd.daemon")
 
@@ -53,6 +56,9 @@ class Guest:
     effects: DsmEffects | None = None  # notifies, vMCE poison, saved health (dsm-handlers)
     device: DsmPageDevice | None = None
     server: IoreqServer | None = None
+    xenstore: XenstoreClient | None = None  # [xen] xenstore's connection (None: "embedded")
+    publication: Publication | None = None  # what "publish-tables" put in dm-acpi
+    failed_step: str | None = None  # the setup step that failed (the state key's error-code)
     pmem_maps: dict[int, MapReport] = field(default_factory=dict)  # slot -> what "map-pmem" populated
     doorbell: DoorbellServer | None = None  # [dsm] transport = "qemu" instead of `server`
     completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
@@ -74,6 +80,22 @@ async def open_hypervisor(guest: Guest) -> AsyncIterator[None]:
     finally:
         with trio.CancelScope(shield=True):
             await guest.hv.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_xenstore(guest: Guest) -> AsyncIterator[None]:
+    """The connection to xenstored at `[xen] xenstore`; none when that is "embedded" (no
+    toolstack keys to read, nobody to read ours: publication and state keys are skipped)."""
+    path = guest.config.xen.xenstore
+    if path == "embedded":
+        yield
+        return
+    async with open_daemon_client(path) as xenstore:
+        guest.xenstore = xenstore
+        try:
+            yield
+        finally:
+            guest.xenstore = None
 
 
 @contextlib.asynccontextmanager
@@ -149,10 +171,13 @@ async def deprivilege(guest: Guest) -> AsyncIterator[None]:
 # mapping and the "running" state key, as those steps land. "depriv" stays after every
 # privileged step and before the "running" state key.
 STEPS: list[tuple[str, Step]] = [
+    ("xenstore", open_xenstore),
+    ("state", report_state),  # "initialising"; on exit "error" + error-code, or removed
     ("hypervisor", open_hypervisor),
     ("backing-lock", lock_backing),  # before anything opens a backing file (label journals)
     ("dsm-handlers", open_dsm_handlers),
     ("ioreq-server", serve_dsm_page),
+    ("publish-tables", publish_tables),  # dm-acpi NFIT + NVDR body, before the guest boots
     ("depriv", deprivilege),
     ("map-pmem", map_pmem),  # after table publication, before the "running" state key
 ]
@@ -211,6 +236,7 @@ async def serve_guest(
         async with contextlib.AsyncExitStack() as stack:
             for name, step in STEPS if steps is None else steps:
                 await stack.enter_async_context(_logged(name, step, guest))
+            await report_running(guest)  # state key "running": every step is in, unpause may follow
             log.info("running", mode=config.dsm.mode, page=hex(config.dsm.page),
                      nvdimms=len(config.nvdimms), labels=sorted(guest.labels))
             task_status.started(guest)
@@ -233,6 +259,7 @@ async def _logged(name: str, step: Step, guest: Guest) -> AsyncIterator[None]:
                 guest.completed.remove(name)
     except Exception as e:
         if not entered:
+            guest.failed_step = name
             log.error("setup step failed", step=name, error=str(e))
         raise
     if entered:
