@@ -63,6 +63,7 @@ class Guest:
     doorbell: DoorbellServer | None = None  # [dsm] transport = "qemu" instead of `server`
     completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
     options: RunOptions = field(default_factory=RunOptions)  # `pmemd run`'s lifecycle flags
+    serving: bool = False  # every step is in and the guest may run: a stop from here on saves state
 
 
 Step = Callable[[Guest], contextlib.AbstractAsyncContextManager[None]]
@@ -166,6 +167,35 @@ async def deprivilege(guest: Guest) -> AsyncIterator[None]:
     yield
 
 
+@contextlib.asynccontextmanager
+async def device_state(guest: Guest) -> AsyncIterator[None]:
+    """`--resume FILE`: load the saved device state into the freshly built devices.
+    `--save FILE`: on a stop after the daemon ran, write it — this step's exit comes after the
+    ioreq server's (reverse order), so the guest can no longer change what is saved. A stop
+    before the daemon ran saves nothing (varstored's rule). With `--chroot` both paths are
+    inside the chroot, whose directory must be writable by `--uid` for the save.
+    """
+    options = guest.options
+    if options.resume is None and options.save is None:
+        yield
+        return
+    from pmemd import savefile
+    from pmemd.dsm.devices import ROOT_HANDLE, slot_to_handle
+
+    assert guest.dispatcher is not None
+    root = guest.dispatcher.target(ROOT_HANDLE).device  # type: ignore[union-attr]
+    dimms = [guest.dispatcher.target(slot_to_handle(n.slot)).device for n in guest.config.nvdimms]  # type: ignore[union-attr]
+    if options.resume is not None:
+        savefile.load(options.resume, guest.config, root, dimms)
+        log.info("device state resumed", file=str(options.resume))
+    try:
+        yield
+    finally:
+        if options.save is not None and guest.serving:
+            size = savefile.save(options.save, guest.config, root, dimms)
+            log.info("device state saved", file=str(options.save), bytes=size)
+
+
 # Setup order (the toolstack issue's order): hypervisor handles, handlers, ioreq server
 # (create, map pages, bind channels, map ranges, enable); then table publication, pmem
 # mapping and the "running" state key, as those steps land. "depriv" stays after every
@@ -176,6 +206,7 @@ STEPS: list[tuple[str, Step]] = [
     ("hypervisor", open_hypervisor),
     ("backing-lock", lock_backing),  # before anything opens a backing file (label journals)
     ("dsm-handlers", open_dsm_handlers),
+    ("device-state", device_state),  # --resume on the way in; --save on the way out, after the ioreq server
     ("ioreq-server", serve_dsm_page),
     ("publish-tables", publish_tables),  # dm-acpi NFIT + NVDR body, before the guest boots
     ("depriv", deprivilege),
@@ -240,6 +271,7 @@ async def serve_guest(
             log.info("running", mode=config.dsm.mode, page=hex(config.dsm.page),
                      nvdimms=len(config.nvdimms), labels=sorted(guest.labels))
             task_status.started(guest)
+            guest.serving = True
             await watch_domain(guest)
             log.info("domain gone: tearing down")
         nursery.cancel_scope.cancel()  # steps are undone; stop what they left in the nursery

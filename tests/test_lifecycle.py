@@ -159,3 +159,57 @@ async def test_cancelling_during_setup_leaves_nothing_behind(sim, guest_config):
         nursery.cancel_scope.cancel()
     assert servers(sim) == []
     assert open_fds_to(cfg.nvdimms[0].backing) == []
+
+
+# -- --save on SIGTERM, --resume on the next start ------------------------------------------------
+
+
+def inject_script(address: int) -> list[dict]:
+    arg = address.to_bytes(8, "little") + (4096).to_bytes(8, "little") + b"\0"
+    return [{"dimm": None, "function": 7, "arg3": arg.hex()}]
+
+
+def status_queries(address: int) -> list[dict]:
+    """Inject status and ARS capabilities over the injected range."""
+    span = (address.to_bytes(8, "little") + (4096).to_bytes(8, "little")).hex()
+    return [{"dimm": None, "function": 9}, {"dimm": None, "function": 1, "arg3": span}]
+
+
+async def guest_calls(config: Path, script: list[dict]) -> list[dict]:
+    text = "".join(json.dumps(line) + "\n" for line in script).encode()
+    result = await run_cli("guest", "--config", str(config), "-", stdin=text)
+    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+
+
+async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_config, tmp_path):
+    pytest.importorskip("pmemd.savefile")
+    saved = tmp_path / "state.sav"
+    address = configmod.load(guest_config).nvdimms[0].address
+    async with start_daemon(tmp_path, "--config", str(guest_config), "--save", str(saved), name="first") as first:
+        await first.ready()
+        sim.hv.domains[DOMID].unpause()
+        (injected,) = await guest_calls(guest_config, inject_script(address))
+        assert injected["status"] == 0
+        before = await guest_calls(guest_config, status_queries(address))
+        first.terminate()
+        assert await first.wait() == 0
+    assert "device state saved" in first.events()
+    assert saved.stat().st_size > 0
+    async with start_daemon(tmp_path, "--config", str(guest_config), "--resume", str(saved), name="second") as second:
+        await second.ready()
+        after = await guest_calls(guest_config, status_queries(address))
+        second.terminate()
+        assert await second.wait() == 0
+    assert after == before
+    assert before[0]["status"] == 0
+    assert bytes.fromhex(before[0]["out"])[4:8] == (1).to_bytes(4, "little")  # one injected range listed
+
+
+async def test_resuming_a_corrupt_save_file_exits_1_and_leaves_nothing(sim, guest_config, tmp_path):
+    pytest.importorskip("pmemd.savefile")
+    bad = tmp_path / "state.sav"
+    bad.write_bytes(b"PMEMDSAV" + bytes(64))
+    result = await run_cli("run", "--config", str(guest_config), "--resume", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1].startswith(f"pmemd: domain {DOMID}: SaveFileError")
+    assert servers(sim) == []
