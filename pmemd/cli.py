@@ -284,6 +284,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_qmp_health(args: argparse.Namespace) -> int:
+    """Container HEALTHCHECK: ask the daemon's QMP socket `query-status`; 0 when it answers."""
+    import os
+
+    from pmemd.lifecycle import qmp_status
+
+    path = args.socket or os.environ.get("PMEMD_QMP")
+    if args.config:
+        path = str(_load_config(args).qmp_socket)
+    if not path:
+        print("pmemd: qmp-health needs --socket, --config or $PMEMD_QMP", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        status = qmp_status(path, timeout=args.timeout)
+    except (OSError, ValueError) as e:
+        print(f"pmemd: qmp-health {path}: {e}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    print(json.dumps(status))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pmemd",
@@ -310,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["json", "console"], default=None,
                    help="log format (default: json, console on a terminal)")
     p.set_defaults(func=cmd_run, check=_check_run_usage)
+
+    p = sub.add_parser("qmp-health", help="ask a daemon's QMP socket query-status (container HEALTHCHECK)")
+    p.add_argument("--socket", help="QMP socket (default: $PMEMD_QMP)")
+    p.add_argument("--config", help="take the socket from this guest config's [qmp] socket")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answers (default 5)")
+    p.set_defaults(func=cmd_qmp_health)
 
     p = sub.add_parser("sim", help="run the simulated Xen host")
     p.add_argument("--socket", required=True, help="Unix socket for the simulated hypervisor")

@@ -114,3 +114,25 @@ def test_without_notify_socket_readiness_is_a_no_op(monkeypatch):
     notifier = SystemdNotifier()
     notifier.ready()
     assert notifier.sock is None
+
+
+async def test_qmp_health_reports_the_running_daemon(sim, tmp_path):
+    from pmemd.daemon import STEPS
+
+    if "qmp" not in dict(STEPS):
+        pytest.skip("the daemon has no QMP step yet")
+    await sim.create_domain(9, vcpus=2, lowmem=64 * MiB, unpause=False)
+    config = write_config(tmp_path, sim.path)
+    async with start_daemon(tmp_path, "--config", str(config)) as daemon:
+        await daemon.ready()
+        result = await run_cli("qmp-health", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["status"] in ("running", "prelaunch", "paused")
+        daemon.terminate()
+        assert await daemon.wait() == 0
+
+
+async def test_qmp_health_without_a_daemon_exits_1_with_one_line(tmp_path):
+    result = await run_cli("qmp-health", "--socket", str(tmp_path / "qmp.sock"))
+    assert result.returncode == 1
+    assert one_line(result).startswith(f"pmemd: qmp-health {tmp_path / 'qmp.sock'}: ")
