@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import structlog
 import trio
@@ -64,6 +64,7 @@ class Guest:
     completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
     options: RunOptions = field(default_factory=RunOptions)  # `pmemd run`'s lifecycle flags
     serving: bool = False  # every step is in and the guest may run: a stop from here on saves state
+    qmp: Any = None  # the QmpServer while the "qmp" step is in (pmemd.qmp.server)
 
 
 Step = Callable[[Guest], contextlib.AbstractAsyncContextManager[None]]
@@ -153,6 +154,19 @@ async def _serve_doorbell(guest: Guest) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
+async def serve_qmp(guest: Guest) -> AsyncIterator[None]:
+    """The QMP socket at `[qmp] socket` (`pmemd.qmp`): libxl's and operators' commands, events."""
+    from pmemd.qmp.service import open_qmp
+
+    async with open_qmp(guest) as server:
+        guest.qmp = server
+        try:
+            yield
+        finally:
+            guest.qmp = None
+
+
+@contextlib.asynccontextmanager
 async def deprivilege(guest: Guest) -> AsyncIterator[None]:
     """With `--depriv`: drop root once every privileged step is in (`pmemd.depriv`).
 
@@ -209,6 +223,7 @@ STEPS: list[tuple[str, Step]] = [
     ("device-state", device_state),  # --resume on the way in; --save on the way out, after the ioreq server
     ("ioreq-server", serve_dsm_page),
     ("publish-tables", publish_tables),  # dm-acpi NFIT + NVDR body, before the guest boots
+    ("qmp", serve_qmp),  # control socket: created before depriv (its directory may be root's)
     ("depriv", deprivilege),
     ("map-pmem", map_pmem),  # after table publication, before the "running" state key
 ]

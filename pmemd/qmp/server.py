@@ -1,0 +1,257 @@
+"""The QMP server: a thin trio shell pumping bytes between Unix-socket clients and `protocol.Connection`.
+
+Several clients at once, each with two tasks: a reader that feeds the core and runs its
+commands one at a time (QMP answers in order), and a writer draining the client's outbox,
+where replies and events are queued in the order they happen. Events go to every negotiated
+client without waiting: a client whose outbox is full (it stopped reading) is disconnected
+and logged, so one stuck client cannot stall the guest or the others.
+
+The socket is created mode 0600 (bound, chmod-ed, then listened on, so no one connects in
+between). A stale socket left by a dead daemon is replaced; a live one, or any other file at
+the path, is an error. The path is removed on exit.
+
+`quit`: its reply is queued, then SHUTDOWN is broadcast, every outbox is closed and drained
+(bounded by QUIT_FLUSH_TIMEOUT), and only then is `on_quit` called to end the daemon.
+Resources: `serve` owns the listener and every connection; cancelling it closes them all.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket as stdlib_socket
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import structlog
+import trio
+
+from .control import GuestControl
+from .errors import QmpError
+from .protocol import CLOSED, NEED_DATA, Command, Connection, Negotiated, Phase, Refused
+from .registry import run_command
+from .vm_commands import version_info
+
+log = structlog.get_logger("pmemd.qmp")
+
+MAX_CLIENTS = 16
+OUTBOX = 256  # replies and events queued per client before it counts as stuck
+RECEIVE_SIZE = 64 << 10
+QUIT_FLUSH_TIMEOUT = 2.0  # seconds to flush replies and SHUTDOWN before the daemon ends
+
+
+class QmpSocketError(OSError):
+    """The QMP socket path cannot be used (a live daemon serves it, or it is not a socket)."""
+
+
+@dataclass
+class _Client:
+    number: int
+    stream: trio.SocketStream
+    conn: Connection
+    outbox: trio.MemorySendChannel[bytes]
+    inbox: trio.MemoryReceiveChannel[bytes]
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    writer_done: trio.Event = field(default_factory=trio.Event)
+
+
+class QmpServer:
+    """Serve QMP for one guest on `path`. Usage: `await nursery.start(server.serve)`."""
+
+    def __init__(self, control: GuestControl, path: Path, *, on_quit: Callable[[], None],
+                 after_command: Callable[[], None] = lambda: None) -> None:
+        self.control = control
+        self.path = Path(path)
+        self.on_quit = on_quit
+        self.after_command = after_command  # e.g. report notifies the command queued
+        self._clients: dict[int, _Client] = {}
+        self._numbers = itertools.count(1)
+        self._quit_requested = False
+        self._quit_started = trio.Event()
+        self.dropped_clients = 0
+
+    # -- called by commands and the daemon -----------------------------------------------
+
+    def request_quit(self) -> None:
+        """Ask for the daemon's end once the current command's reply is queued."""
+        self._quit_requested = True
+
+    def emit(self, name: str, data: Mapping[str, Any] | None = None) -> None:
+        """Broadcast an event to every negotiated client, now (never blocks)."""
+        now = time.time()
+        seconds = int(now)
+        micros = int((now - seconds) * 1_000_000)
+        log.info("qmp event", qmp_event=name, **({"data": dict(data)} if data else {}))
+        for client in list(self._clients.values()):
+            frame = client.conn.event_bytes(name, data, seconds, micros)
+            if not frame:
+                continue
+            try:
+                client.outbox.send_nowait(frame)
+            except trio.WouldBlock:
+                self.dropped_clients += 1
+                log.warning("qmp client dropped: not reading its events", client=client.number)
+                client.cancel.cancel()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = await _listen(self.path)
+        identity = os.stat(self.path)
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._finish_on_quit)
+                log.info("qmp listening", path=str(self.path))
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    if len(self._clients) >= MAX_CLIENTS:
+                        log.warning("qmp client refused: too many clients", limit=MAX_CLIENTS)
+                        with trio.CancelScope(shield=True):
+                            await stream.aclose()
+                        continue
+                    nursery.start_soon(self._serve_client, stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            _unlink_if_ours(self.path, identity)
+
+    async def _serve_client(self, stream: trio.SocketStream) -> None:
+        send, receive = trio.open_memory_channel[bytes](OUTBOX)
+        client = _Client(next(self._numbers), stream, Connection(version_info()), send, receive)
+        self._clients[client.number] = client
+        clog = log.bind(client=client.number)
+        clog.info("qmp client connected")
+        try:
+            with client.cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write, client)
+                    await self._read(client, clog)
+                    send.close()  # the writer drains what is queued, then ends
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._clients.pop(client.number, None)
+            send.close()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            clog.info("qmp client disconnected")
+
+    async def _write(self, client: _Client) -> None:
+        try:
+            async for frame in client.inbox:
+                await client.stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            client.cancel.cancel()
+        finally:
+            client.writer_done.set()
+
+    async def _read(self, client: _Client, clog: Any) -> None:
+        conn = client.conn
+        await client.outbox.send(conn.greeting_bytes())
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                conn.receive_data(await client.stream.receive_some(RECEIVE_SIZE))
+                continue
+            if event is CLOSED:
+                return
+            if isinstance(event, Refused):
+                clog.info("qmp input refused", error=event.error.desc)
+                frame = conn.error_bytes(event.error, event.id)
+            elif isinstance(event, Negotiated):
+                frame = conn.reply_bytes({}, event.id)
+            else:
+                assert isinstance(event, Command)
+                frame = await self._execute(conn, event, clog)
+            await client.outbox.send(frame)
+            if self._quit_requested and not self._quit_started.is_set():
+                self._begin_quit()
+
+    async def _execute(self, conn: Connection, command: Command, clog: Any) -> bytes:
+        try:
+            result = await run_command(self.control, command.name, command.arguments)
+        except QmpError as e:
+            clog.info("qmp command failed", command=command.name, error=e.desc)
+            return conn.error_bytes(e, command.id)
+        except Exception as e:  # our bug, not the client's: answer and keep serving
+            clog.exception("qmp command raised", command=command.name)
+            return conn.error_bytes(QmpError(f"internal error in {command.name}: {e}"), command.id)
+        finally:
+            self.after_command()
+        clog.debug("qmp command", command=command.name)
+        return conn.reply_bytes(result, command.id)
+
+    def _begin_quit(self) -> None:
+        self.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+        for client in self._clients.values():
+            client.outbox.close()
+        self._quit_started.set()
+
+    async def _finish_on_quit(self) -> None:
+        await self._quit_started.wait()
+        with trio.move_on_after(QUIT_FLUSH_TIMEOUT):
+            for client in list(self._clients.values()):
+                await client.writer_done.wait()
+        log.info("qmp quit: ending the daemon")
+        self.on_quit()
+
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def negotiated_clients(self) -> int:
+        return sum(1 for c in self._clients.values() if c.conn.phase is Phase.COMMAND)
+
+
+async def _listen(path: Path) -> trio.socket.SocketType:
+    """A listening Unix socket at `path`, mode 0600, replacing only a stale socket.
+
+    Bound with blocking calls on purpose: trio binds Unix sockets in a worker thread, and
+    an idle thread left behind would still be there when the daemon drops privileges.
+    """
+    if not path.parent.is_dir():
+        raise QmpSocketError(errno.ENOENT, f"QMP socket directory {path.parent} does not exist (see [qmp] socket)")
+    _clear_stale(path)
+    sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM | stdlib_socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(MAX_CLIENTS)
+    except BaseException:
+        sock.close()
+        raise
+    await trio.lowlevel.checkpoint()
+    return trio.socket.from_stdlib_socket(sock)
+
+
+def _clear_stale(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise QmpSocketError(errno.EEXIST, f"QMP socket path {path} exists and is not a socket")
+    with stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM | stdlib_socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(1.0)  # a Unix connect answers at once: accepted (queued) or refused
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody listens: a dead daemon's socket
+            return
+    raise QmpSocketError(errno.EADDRINUSE, f"QMP socket {path} is served by another process")
+
+
+def _unlink_if_ours(path: Path, identity: os.stat_result) -> None:
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == (identity.st_dev, identity.st_ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
