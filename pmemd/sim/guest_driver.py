@@ -163,13 +163,12 @@ class Guest:
                 continue
             src = access.offset - page.HEADER_OFFSET
             chunk = request[src : src + access.width].ljust(access.width, b"\x00")
-            conn.mmio_write(base + access.offset, access.width, int.from_bytes(chunk, "little"))
+            self._store(conn, base + access.offset, chunk)
         reply = bytearray(page.PAGE_SIZE)
         for access in page.reply_accesses(self._read_reply_length(conn, base, reply)):
             if access.offset == page.REPLY_LENGTH_OFFSET:
                 continue  # the head, already read
-            value = conn.mmio_read(base + access.offset, access.width)
-            reply[access.offset : access.offset + access.width] = value.to_bytes(access.width, "little")
+            reply[access.offset : access.offset + access.width] = self._load(conn, base + access.offset, access.width)
         reply_length = int.from_bytes(reply[0:4], "little")
         if not page.MIN_REPLY_LENGTH <= reply_length <= page.MAX_REPLY_LENGTH:
             return page.STATUS_HARDWARE_ERROR.to_bytes(4, "little")
@@ -181,11 +180,21 @@ class Guest:
         if not result.trapped:
             raise DaemonGone(f"no device model serves notify port {self.config.dsm.notify_port:#x}")
 
-    @staticmethod
-    def _read_reply_length(conn: GuestConnection, base: int, reply: bytearray) -> int:
-        head = conn.mmio_read(base + page.REPLY_LENGTH_OFFSET, page.QWORD)
-        reply[0 : page.QWORD] = head.to_bytes(page.QWORD, "little")
-        return head & 0xFFFFFFFF
+    def _read_reply_length(self, conn: GuestConnection, base: int, reply: bytearray) -> int:
+        reply[0 : page.QWORD] = self._load(conn, base + page.REPLY_LENGTH_OFFSET, page.QWORD)
+        return int.from_bytes(reply[0:4], "little")
+
+    def _store(self, conn: GuestConnection, gpa: int, data: bytes) -> None:
+        """One AML store to the page: a trapped access in mmio mode, a RAM write in ram mode."""
+        if self.config.dsm.mode == "ram":
+            conn.write_memory(gpa, data)  # guest RAM: the vCPU writes it without trapping
+        else:
+            conn.mmio_write(gpa, len(data), int.from_bytes(data, "little"))
+
+    def _load(self, conn: GuestConnection, gpa: int, width: int) -> bytes:
+        if self.config.dsm.mode == "ram":
+            return conn.read_memory(gpa, width)
+        return conn.mmio_read(gpa, width).to_bytes(width, "little")
 
     @contextmanager
     def _aml_lock(self) -> Iterator[None]:
