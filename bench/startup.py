@@ -6,7 +6,14 @@ For each of `--runs` starts it prints the median of:
   - exec → running: pmemd's READY=1 over $NOTIFY_SOCKET (sent once every setup step is in,
     the state key is "running"); QEMU with -S has no equivalent (its greeting is the point
     where a toolstack may talk to it);
-  - RSS: VmRSS of the process once ready (and VmHWM, the peak).
+  - RSS: VmRSS of the process once ready (and VmHWM, the peak), from /proc/PID/status.
+pmemd is measured twice: from this venv (`pip install -e`, whose import finder costs every
+Python start ~10 ms) and in the layout a wheel install gives (a throw-away venv whose
+site-packages lists this repository and this venv's dependencies as plain paths).
+`pmemd run` binds its QMP socket and greets clients before it imports the daemon
+(`pmemd.qmp.early`), so the greeting column is the cost of starting Python plus that path.
+Both get the QMP path on the command line, as libxl gives it (`--qmp`, QEMU's `-qmp`);
+pmemd starts as `python -m pmemd`, the same entry (`pmemd.startup.main`) as the console script.
 pmemd runs against `pmemd sim` (started once, not timed) with one 256 MiB + 2 MiB-label
 NVDIMM; QEMU gets the same backing file: `-machine pc,nvdimm=on -m 512M,slots=2,maxmem=4G
 -object memory-backend-file,... -device nvdimm,label-size=2M -S -qmp unix:...`.
@@ -35,6 +42,22 @@ DOMID = 5
 PMEM = 256 * MiB
 LABELS = 2 * MiB
 PMEMD = [sys.executable, "-m", "pmemd.cli"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def installed_python(work: Path) -> str:
+    """A venv whose sys.path holds the repository and this venv's site-packages as plain
+    directories, as a wheel install would: no editable-install finder runs at start-up."""
+    import site
+    import venv
+
+    target = work / "installed"
+    venv.EnvBuilder(with_pip=False).create(target)
+    python = target / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "pmemd-bench.pth").write_text("\n".join([str(REPO), *site.getsitepackages()]) + "\n")
+    return str(python)
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -83,7 +106,7 @@ address = "auto"
     return path
 
 
-def pmemd_once(work: Path, config: Path, qmp: Path) -> dict[str, float]:
+def pmemd_once(work: Path, config: Path, qmp: Path, python: str = sys.executable) -> dict[str, float]:
     subprocess.run([*PMEMD, "domain", "create", "--config", str(config)], check=True, capture_output=True)
     notify_path = work / "notify"
     notify_path.unlink(missing_ok=True)
@@ -91,7 +114,7 @@ def pmemd_once(work: Path, config: Path, qmp: Path) -> dict[str, float]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
         start = time.monotonic()
-        proc = subprocess.Popen([*PMEMD, "run", "--config", str(config)], stderr=subprocess.DEVNULL,
+        proc = subprocess.Popen([python, "-m", "pmemd", "run", "--config", str(config), "--qmp", str(qmp)], stderr=subprocess.DEVNULL,
                                 env={**os.environ, "NOTIFY_SOCKET": str(notify_path)})
         try:
             greeting = wait_greeting(qmp, proc, start + 30)
@@ -146,7 +169,11 @@ def main() -> int:
                                stderr=subprocess.DEVNULL)
         try:
             assert sim.stdout is not None and sim.stdout.readline().strip() == b"ready"
-            pmemd_runs = [pmemd_once(work, config, qmp) for _ in range(args.runs)]
+            python = installed_python(work)
+            pmemd_runs, installed_runs = [], []
+            for _ in range(args.runs):  # interleaved, so load changes hit both alike
+                pmemd_runs.append(pmemd_once(work, config, qmp))
+                installed_runs.append(pmemd_once(work, config, qmp, python))
         finally:
             sim.terminate()
             sim.wait()
@@ -154,16 +181,17 @@ def main() -> int:
         qemu_runs = [qemu_once(qemu, work, backing) for _ in range(args.runs)] if qemu else []
 
     print(f"start-up, median of {args.runs} runs (one 256 MiB NVDIMM + 2 MiB labels, same backing file)")
-    print(f"{'':28}{'pmemd':>12}{'QEMU -S':>12}")
+    print(f"{'':28}{'pmemd venv':>12}{'installed':>12}{'QEMU -S':>12}")
     rows = [("exec -> QMP greeting (ms)", "greeting", 1000.0), ("exec -> running (ms)", "running", 1000.0),
             ("RSS when ready (MiB)", "rss", 1 / 1024), ("peak RSS (MiB)", "hwm", 1 / 1024)]
     for label, key, scale in rows:
         ours = median(pmemd_runs, key) * scale
+        installed = median(installed_runs, key) * scale
         theirs = f"{median(qemu_runs, key) * scale:12.1f}" if qemu_runs and key != "running" else f"{'-':>12}"
-        print(f"{label:28}{ours:12.1f}{theirs}")
+        print(f"{label:28}{ours:12.1f}{installed:12.1f}{theirs}")
     if not qemu_runs:
         print("QEMU: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
-    print(json.dumps({"pmemd": pmemd_runs, "qemu": qemu_runs}))
+    print(json.dumps({"pmemd": pmemd_runs, "pmemd_installed": installed_runs, "qemu": qemu_runs}))
     return 0
 
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from pmemd import config as configmod
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_USAGE = 2
 EXIT_BAD_VALUE = 1
 
 
 def _load_config(args: argparse.Namespace):
+    from pmemd import config as configmod  # imported when needed: `pmemd run` binds QMP first
+
     try:
         return configmod.load(args.config, domid=getattr(args, "domain", None))
     except configmod.ConfigError as e:
@@ -101,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     which drop privileges last when `--depriv` asks — then READY=1.
     """
     import contextlib
+    import dataclasses
     import functools
 
     import trio
@@ -112,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pmemd.pidfile import PidfileError, pidfile
 
     cfg = _load_config(args)
+    if args.qmp:
+        cfg = dataclasses.replace(cfg, qmp_socket=Path(args.qmp))
     logs.configure(args.log_format, domid=cfg.domid)
     socket = "" if cfg.dsm.transport == "qemu" else _hypervisor_socket(args, cfg)
     plan = None
@@ -127,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and not Path(args.resume).is_file():
         print(f"pmemd: --resume {args.resume}: no such file", file=sys.stderr)
         return EXIT_BAD_VALUE
-    options = RunOptions(plan, Path(args.save) if args.save else None, Path(args.resume) if args.resume else None)
+    options = RunOptions(plan, Path(args.save) if args.save else None, Path(args.resume) if args.resume else None,
+                         paused=args.paused, early_qmp=getattr(args, "early_qmp", None))
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(pidfile(args.pidfile))
@@ -144,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
+                if options.early_qmp is not None:  # keep greeting until the "qmp" step adopts it
+                    nursery.start_soon(options.early_qmp.serve_until_adopted)
                 await nursery.start(functools.partial(serve_guest, cfg, socket, options=options))
                 notifier.ready()
 
@@ -240,6 +248,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
 
 def cmd_lab(args: argparse.Namespace) -> int:
     """Boot a real Linux guest under QEMU against the daemon and run a shell script in it."""
+    from pmemd.config import ConfigError
     from pmemd.lab.image import ImageError, prepare
     from pmemd.lab.run import LabOptions, run_lab
 
@@ -252,7 +261,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
                          args.timeout, args.stop_daemon_after_calls)
     try:
         return run_lab(options, boot)
-    except configmod.ConfigError as e:
+    except ConfigError as e:
         print(f"pmemd: {e}", file=sys.stderr)
         return EXIT_BAD_VALUE
 
@@ -306,6 +315,8 @@ def cmd_qmp_health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at the top: `pmemd run` binds its QMP socket before this
+
     parser = argparse.ArgumentParser(
         prog="pmemd",
         description="Per-guest Xen device model for virtual NVDIMMs.",
@@ -322,8 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
     p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
     p.add_argument("--pidfile", help="write the pid here (0600), locked while the daemon lives")
+    p.add_argument("--qmp", metavar="PATH", help="QMP socket (overrides [qmp] socket), bound first thing")
     p.add_argument("--resume", metavar="FILE", help="load device state saved by --save before serving")
     p.add_argument("--save", metavar="FILE", help="save device state here when stopped by SIGTERM/SIGINT")
+    p.add_argument("--paused", action="store_true",
+                   help="start stopped, like QEMU's -S: QMP query-status says prelaunch until cont")
     p.add_argument("--depriv", action="store_true", help="drop root after setup (needs --uid and --gid)")
     p.add_argument("--uid", type=int, help="user id to run as after --depriv")
     p.add_argument("--gid", type=int, help="group id to run as after --depriv")
@@ -381,14 +395,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check = getattr(args, "check", None)
-    if check is not None and (problem := check(args)):
-        parser.error(problem)  # usage error: exit 2
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+_NOT_PREPARED = object()
+
+
+def main(argv: Sequence[str] | None = None, *, early: Any = _NOT_PREPARED) -> int:
+    """Run one command. `early`: what `pmemd.startup.prepare_run` bound for `pmemd run`
+    (done here for the process's own command line when the entry point did not)."""
+    if early is _NOT_PREPARED:
+        from pmemd.startup import prepare_run
+
+        early = prepare_run(sys.argv[1:]) if argv is None else None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.early_qmp = early
+        check = getattr(args, "check", None)
+        if check is not None and (problem := check(args)):
+            parser.error(problem)  # usage error: exit 2
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    finally:
+        if early is not None:
+            early.close()  # not adopted (the daemon failed or never served QMP): clients see EOF
 
 
 if __name__ == "__main__":

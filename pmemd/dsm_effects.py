@@ -11,8 +11,13 @@ them into what the guest and the next daemon see:
 * a call that changed health or poison → the state file rewritten (`persist`), so a
   daemon killed right after still comes back with it.
 
+The host changes the same state through QMP (`pmemd.qmp`): `after_host_change` carries out
+the same effects right after each command, so a Notify it queued reaches the guest (GPE)
+at once, not at the guest's next `_DSM` call.
+
 `open_media_effects` is the daemon's dsm-handlers part: restore, dirty-shutdown count,
-scrubber task, clean-stop save.
+the guest's one scrubber task (its completions go to the log and to every
+`scrub_subscribers` callback, e.g. QMP events), clean-stop save.
 
 Event register protocol (one DWORD port read of the notify port = one event):
   bits 0-7 the notify value (0x81), bits 8-23 the NFIT handle (0 root, slot + 1 DIMM);
@@ -109,6 +114,7 @@ class DsmEffects:
         self.gpes_raised = 0
         self.poison_published = 0
         self._published: tuple[int, int] | None = None
+        self.scrub_subscribers: list[Callable[[ScrubCompleted], None]] = []  # besides the log
 
     def after_call(self, call: Call) -> None:
         """Drain notifies, publish poison, save state; never raises (a guest cannot break this)."""
@@ -119,6 +125,17 @@ class DsmEffects:
                 self.save()
         except Exception:
             log.exception("dsm side effects failed", handle=call.handle, function=call.function)
+
+    def after_host_change(self, *, persist: bool = True) -> None:
+        """After a host-side (QMP) command: deliver its notifies now, publish poison, and with
+        `persist` save the state; never raises (the command's answer still goes out)."""
+        try:
+            self.collect_notifies()
+            self.publish_poison()
+            if persist and self.save is not None:
+                self.save()
+        except Exception:
+            log.exception("side effects of a host command failed")
 
     def collect_notifies(self) -> None:
         """Move every pending notify into the event register; raise the GPE if any is new."""
@@ -217,7 +234,7 @@ async def open_media_effects(
         async with trio.open_nursery() as nursery:
             send, receive = trio.open_memory_channel[ScrubCompleted](SCRUB_EVENTS)
             await nursery.start(run_scrubber, root.media, send)
-            nursery.start_soon(_log_scrubs, receive)
+            nursery.start_soon(_report_scrubs, effects, receive)
             try:
                 yield effects
             finally:
@@ -236,7 +253,13 @@ async def open_media_effects(
                 log.error("guest state not saved", state_file=str(path), error=str(e))
 
 
-async def _log_scrubs(receive: trio.MemoryReceiveChannel[ScrubCompleted]) -> None:
+async def _report_scrubs(effects: DsmEffects, receive: trio.MemoryReceiveChannel[ScrubCompleted]) -> None:
+    """Log each completed scrub and hand it to every subscriber (a failing one is logged)."""
     async for done in receive:
         log.info("scrub completed", address=hex(done.address), length=done.length, records=done.records,
                  overflowed=done.overflowed, previous_data=done.previous_data)
+        for subscriber in list(effects.scrub_subscribers):
+            try:
+                subscriber(done)
+            except Exception:
+                log.exception("scrub subscriber failed")

@@ -26,6 +26,7 @@ import trio
 
 if TYPE_CHECKING:
     from pmemd.depriv import DeprivPlan
+    from pmemd.qmp.early import EarlyQmp
 
 log = structlog.get_logger("pmemd.lifecycle")
 
@@ -40,6 +41,8 @@ class RunOptions:
     depriv: DeprivPlan | None = None
     save: Path | None = None  # write device state here on a clean stop
     resume: Path | None = None  # load device state from here before serving
+    paused: bool = False  # QEMU's -S: QMP says "prelaunch" and the ioreq server waits for `cont`
+    early_qmp: EarlyQmp | None = None  # the QMP socket bound at exec (`pmemd.qmp.early`)
 
 
 class SystemdNotifier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from functools import partial
 
 import pytest
 import trio
@@ -12,7 +13,10 @@ from qemu.qmp import ExecuteError
 
 from pmemd import config as configmod
 from pmemd.daemon import serve_guest
+from pmemd.lifecycle import RunOptions
 from pmemd.qmp.registry import COMMANDS
+from pmemd.qmp.service import guest_devices
+from pmemd.sim.guest_driver import Guest as GuestDriver
 from tests.qmp_harness import MiB, connect, write_guest_config
 
 DOMID = 12
@@ -225,3 +229,44 @@ async def test_an_unformatted_or_corrupt_label_area_reads_as_no_valid_index(gues
     store.write(0, bytes(blocks))
     (corrupt,) = await qmp.execute("pmemd-query-labels", {"slot": 1})
     assert corrupt["index"]["valid"] is False and "checksum" in corrupt["index"]["reason"]
+
+
+async def test_a_daemon_started_paused_reads_prelaunch_and_serves_the_guest_only_after_cont(sim, guest_config, nursery):
+    """`pmemd run --paused` is QEMU's -S, as libxl's fd-passed QMP path starts it."""
+    await nursery.start(partial(serve_guest, guest_config, str(sim.path), options=RunOptions(paused=True)))
+    async with connect(guest_config.qmp_socket) as qmp:
+        assert await qmp.execute("query-status") == {"running": False, "status": "prelaunch"}
+        assert not server_enabled(sim)
+        await qmp.execute("cont")
+        await qmp.event("RESUME")
+        assert await qmp.execute("query-status") == {"running": True, "status": "running"}
+        assert server_enabled(sim)
+
+
+async def test_the_guest_has_one_scrubber_whose_completions_reach_qmp(guest, qmp):
+    root, _ = guest_devices(guest)
+    assert len(root.media.scrub_listeners) == 1  # dsm-handlers' scrubber, shared with QMP
+    started = await qmp.execute("pmemd-start-scrub", {"slot": 0})
+    assert (await qmp.event("PMEMD_SCRUB_COMPLETED"))["data"]["seq"] == started["seq"]
+
+
+@pytest.mark.parametrize("command, arguments, notify", [
+    ("pmemd-set-health", {"slot": 1, "health": ["critical"]}, {"target": "NV01", "value": 0x81}),
+    ("pmemd-inject-poison", {"address": "nvdimm0", "length": 0x200, "notify": True}, {"target": "NVDR", "value": 0x81}),
+])
+async def test_a_notify_queued_by_a_command_reaches_the_guest_before_its_next_call(
+        sim, tmp_path, nursery, command, arguments, notify):
+    domid = DOMID + 1
+    await sim.create_domain(domid, vcpus=2, lowmem=64 * MiB)
+    config = configmod.load(write_guest_config(tmp_path, sim.path, domid=domid))
+    await nursery.start(serve_guest, config, str(sim.path))
+    if arguments.get("address") == "nvdimm0":
+        arguments = {**arguments, "address": config.nvdimms[0].address}
+    guest_side = GuestDriver(config, str(sim.path))
+    try:
+        async with connect(config.qmp_socket) as qmp:
+            await qmp.execute(command, arguments)
+        seen = await trio.to_thread.run_sync(lambda: guest_side.run_line('{"events": true}'))
+    finally:
+        guest_side.close()
+    assert seen == {"gpes": [4], "notify": [notify]}

@@ -8,7 +8,8 @@ and logged, so one stuck client cannot stall the guest or the others.
 
 The socket is created mode 0600 (bound, chmod-ed, then listened on, so no one connects in
 between). A stale socket left by a dead daemon is replaced; a live one, or any other file at
-the path, is an error. The path is removed on exit.
+the path, is an error. The path is removed on exit. When `pmemd run` bound it at exec
+(`early`), the server adopts that listener and the connections already greeted.
 
 `quit`: its reply is queued, then SHUTDOWN is broadcast, every outbox is closed and drained
 (bounded by QUIT_FLUSH_TIMEOUT), and only then is `on_quit` called to end the daemon.
@@ -17,11 +18,9 @@ Resources: `serve` owns the listener and every connection; cancelling it closes 
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import socket as stdlib_socket
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,12 @@ from typing import Any, Callable, Mapping
 import structlog
 import trio
 
+from . import nvdimm_commands, vm_commands  # noqa: F401  (register the commands)
 from .control import GuestControl
+from .early import EarlyQmp, SocketInUse, listen, unlink_if_ours, version_info
 from .errors import QmpError
 from .protocol import CLOSED, NEED_DATA, Command, Connection, Negotiated, Phase, Refused
 from .registry import run_command
-from .vm_commands import version_info
 
 log = structlog.get_logger("pmemd.qmp")
 
@@ -44,8 +44,7 @@ RECEIVE_SIZE = 64 << 10
 QUIT_FLUSH_TIMEOUT = 2.0  # seconds to flush replies and SHUTDOWN before the daemon ends
 
 
-class QmpSocketError(OSError):
-    """The QMP socket path cannot be used (a live daemon serves it, or it is not a socket)."""
+QmpSocketError = SocketInUse  # the QMP socket path cannot be used (live daemon, not a socket)
 
 
 @dataclass
@@ -63,11 +62,12 @@ class QmpServer:
     """Serve QMP for one guest on `path`. Usage: `await nursery.start(server.serve)`."""
 
     def __init__(self, control: GuestControl, path: Path, *, on_quit: Callable[[], None],
-                 after_command: Callable[[], None] = lambda: None) -> None:
+                 after_command: Callable[[str], None] = lambda name: None, early: EarlyQmp | None = None) -> None:
         self.control = control
+        self.early = early  # the listener `pmemd run` bound at exec, adopted by `serve`
         self.path = Path(path)
         self.on_quit = on_quit
-        self.after_command = after_command  # e.g. report notifies the command queued
+        self.after_command = after_command  # called with each command's name: events, side effects
         self._clients: dict[int, _Client] = {}
         self._numbers = itertools.count(1)
         self._quit_requested = False
@@ -102,13 +102,23 @@ class QmpServer:
     # -- serving ---------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = await _listen(self.path)
-        identity = os.stat(self.path)
-        listener = trio.SocketListener(sock)
+        greeted: list[stdlib_socket.socket] = []
+        if self.early is not None and self.early.matches(self.path):
+            raw, identity, greeted = self.early.adopt()
+        else:
+            if self.early is not None:  # bound for another path: that guess is withdrawn
+                self.early.close()
+            bound, identity = listen(self.path, MAX_CLIENTS)
+            raw = stdlib_socket.socket(fileno=bound.detach())
+        self.early = None
+        await trio.lowlevel.checkpoint()
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._finish_on_quit)
-                log.info("qmp listening", path=str(self.path))
+                for conn in greeted:
+                    nursery.start_soon(self._serve_client, trio.SocketStream(trio.socket.from_stdlib_socket(conn)), True)
+                log.info("qmp listening", path=str(self.path), adopted_clients=len(greeted))
                 task_status.started()
                 while True:
                     stream = await listener.accept()
@@ -121,9 +131,9 @@ class QmpServer:
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
-            _unlink_if_ours(self.path, identity)
+            unlink_if_ours(self.path, identity)
 
-    async def _serve_client(self, stream: trio.SocketStream) -> None:
+    async def _serve_client(self, stream: trio.SocketStream, greeted: bool = False) -> None:
         send, receive = trio.open_memory_channel[bytes](OUTBOX)
         client = _Client(next(self._numbers), stream, Connection(version_info()), send, receive)
         self._clients[client.number] = client
@@ -133,7 +143,7 @@ class QmpServer:
             with client.cancel:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write, client)
-                    await self._read(client, clog)
+                    await self._read(client, clog, greeted)
                     send.close()  # the writer drains what is queued, then ends
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -153,9 +163,10 @@ class QmpServer:
         finally:
             client.writer_done.set()
 
-    async def _read(self, client: _Client, clog: Any) -> None:
+    async def _read(self, client: _Client, clog: Any, greeted: bool = False) -> None:
         conn = client.conn
-        await client.outbox.send(conn.greeting_bytes())
+        if not greeted:  # an adopted early connection has had it
+            await client.outbox.send(conn.greeting_bytes())
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
@@ -185,7 +196,7 @@ class QmpServer:
             clog.exception("qmp command raised", command=command.name)
             return conn.error_bytes(QmpError(f"internal error in {command.name}: {e}"), command.id)
         finally:
-            self.after_command()
+            self.after_command(command.name)
         clog.debug("qmp command", command=command.name)
         return conn.reply_bytes(result, command.id)
 
@@ -208,50 +219,3 @@ class QmpServer:
 
     def negotiated_clients(self) -> int:
         return sum(1 for c in self._clients.values() if c.conn.phase is Phase.COMMAND)
-
-
-async def _listen(path: Path) -> trio.socket.SocketType:
-    """A listening Unix socket at `path`, mode 0600, replacing only a stale socket.
-
-    Bound with blocking calls on purpose: trio binds Unix sockets in a worker thread, and
-    an idle thread left behind would still be there when the daemon drops privileges.
-    """
-    if not path.parent.is_dir():
-        raise QmpSocketError(errno.ENOENT, f"QMP socket directory {path.parent} does not exist (see [qmp] socket)")
-    _clear_stale(path)
-    sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM | stdlib_socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(str(path))
-        os.chmod(path, 0o600)
-        sock.listen(MAX_CLIENTS)
-    except BaseException:
-        sock.close()
-        raise
-    await trio.lowlevel.checkpoint()
-    return trio.socket.from_stdlib_socket(sock)
-
-
-def _clear_stale(path: Path) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise QmpSocketError(errno.EEXIST, f"QMP socket path {path} exists and is not a socket")
-    with stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM | stdlib_socket.SOCK_CLOEXEC) as probe:
-        probe.settimeout(1.0)  # a Unix connect answers at once: accepted (queued) or refused
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            os.unlink(path)  # nobody listens: a dead daemon's socket
-            return
-    raise QmpSocketError(errno.EADDRINUSE, f"QMP socket {path} is served by another process")
-
-
-def _unlink_if_ours(path: Path, identity: os.stat_result) -> None:
-    try:
-        st = os.lstat(path)
-        if (st.st_dev, st.st_ino) == (identity.st_dev, identity.st_ino):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass

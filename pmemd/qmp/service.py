@@ -3,6 +3,10 @@
 It reaches the guest through what earlier steps built: the dispatcher's devices (root and
 DIMMs), the label stores, and the ioreq server (stop/cont disable and enable it through the
 hypervisor). `quit` cancels the guest's nursery, so teardown runs as on SIGTERM.
+
+After every command the DSM side effects run (`DsmEffects.after_host_change`): a Notify a
+command queued raises the guest's GPE at once and changed state is saved. Scrub completions
+come from the guest's one scrubber (dsm-handlers' `DsmEffects.scrub_subscribers`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import trio
 
 from acpi.dsm_buffer import ROOT_HANDLE
 from pmemd.dsm.devices import Dimm, Root, slot_to_handle
+from pmemd.dsm.scrubber import ScrubCompleted
 
 from .control import GuestControl, RunState
-from .events import NotifyWatcher, pump_scrub_events
+from .events import NotifyWatcher, pump_scrub_events, scrub_event
 from .server import QmpServer
 
 log = structlog.get_logger("pmemd.qmp")
@@ -40,14 +45,21 @@ def guest_devices(guest: Guest) -> tuple[Root, dict[int, Dimm]]:
 
 
 @contextlib.asynccontextmanager
-async def open_qmp(guest: Guest, *, autostart: bool = True) -> AsyncIterator[QmpServer | None]:
+async def open_qmp(guest: Guest, *, autostart: bool | None = None) -> AsyncIterator[QmpServer | None]:
     """Serve QMP on the config's `[qmp] socket` while the block runs.
 
     `autostart=False` is QEMU's -S: the ioreq server is disabled and the state reads
-    `prelaunch` until `cont`. With the QEMU transport QEMU is the guest's device model and
+    `prelaunch` until `cont`; by default it follows `pmemd run --paused`. The listener
+    `pmemd run` bound at exec (`guest.options.early_qmp`) is adopted with its clients.
+    With the QEMU transport QEMU is the guest's device model and
     owns its QMP socket (libxl talks to it), so nothing is served and this yields None.
     """
+    options = guest.options
+    if autostart is None:
+        autostart = not options.paused
     if guest.config.dsm.transport == "qemu":
+        if options.early_qmp is not None:
+            options.early_qmp.close()
         log.info("qmp not served: QEMU owns the guest's monitor ([dsm] transport = \"qemu\")")
         yield None
         return
@@ -65,17 +77,32 @@ async def open_qmp(guest: Guest, *, autostart: bool = True) -> AsyncIterator[Qmp
         request_quit=lambda: server.request_quit(),
     )
     watcher = NotifyWatcher(root, dimms, lambda name, data: server.emit(name, data))
+    effects = guest.effects
+
+    def after_command(name: str) -> None:
+        watcher.check()  # first: it only peeks at the queues the effects drain
+        if effects is not None:
+            effects.after_host_change(persist=not name.startswith("query-"))
+
+    def scrub_completed(done: ScrubCompleted) -> None:
+        server.emit("PMEMD_SCRUB_COMPLETED", scrub_event(done))
+
     server = QmpServer(control, guest.config.qmp_socket, on_quit=guest.nursery.cancel_scope.cancel,
-                       after_command=watcher.check)
+                       after_command=after_command, early=options.early_qmp)
     if not autostart:
         await control.set_runstate(RunState.PRELAUNCH)
     with _after_each_dsm_call(guest, watcher.check):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
-            await nursery.start(pump_scrub_events, root.media, server.emit)
+            if effects is not None:  # the guest's scrubber reports to us too
+                effects.scrub_subscribers.append(scrub_completed)
+            else:
+                await nursery.start(pump_scrub_events, root.media, server.emit)
             try:
                 yield server
             finally:
+                if effects is not None:
+                    effects.scrub_subscribers.remove(scrub_completed)
                 nursery.cancel_scope.cancel()
 
 

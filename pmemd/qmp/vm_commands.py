@@ -21,22 +21,12 @@ import structlog
 from pmemd import savefile
 
 from .control import GuestControl, RunState
+from .early import PACKAGE, QEMU_DIALECT, version_info  # noqa: F401  (the greeting's, shared)
 from .errors import QmpError
 from .registry import COMMANDS, command
 from .schema import Param
 
 log = structlog.get_logger("pmemd.qmp")
-
-QEMU_DIALECT = (8, 2, 0)
-"""The QEMU release whose QMP this server answers like. libxl picks command variants by the
-greeting's version (e.g. `xen-save-devices-state`'s `live` exists from 2.11), so we claim the
-release whose commands we implement; `package` says who really answers."""
-PACKAGE = "pmemd 0.1.0"
-
-
-def version_info() -> dict[str, Any]:
-    major, minor, micro = QEMU_DIALECT
-    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
 
 
 @command("query-status")

@@ -1,0 +1,7 @@
+"""`python -m pmemd ARGS`: the `pmemd` program (`pmemd.startup.main`)."""
+
+import sys
+
+from pmemd.startup import main
+
+sys.exit(main())
