@@ -35,7 +35,9 @@ from pmemd.toolstack import create_domain_keys, reserve_dm_acpi
 from pmemd.xenstore import open_client
 from pmemd.tables import build_tables
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "example.toml"
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "example.toml"
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "data" / "example.toml"  # the same file, in the wheel
+DEFAULT_CONFIG = REPO_CONFIG if REPO_CONFIG.is_file() else PACKAGED_CONFIG
 # The simulated host pmem: the filesystem's block device seen at this SPA (host frames are
 # its FIEMAP physical offsets from there), unless the config has its own [host] section.
 HOST_SPA = 0x10_0000_0000

@@ -15,6 +15,11 @@ The host changes the same state through QMP (`pmemd.qmp`): `after_host_change` c
 the same effects right after each command, so a Notify it queued reaches the guest (GPE)
 at once, not at the guest's next `_DSM` call.
 
+The state file is written through descriptors opened at start-up (`StateFile`), so saves
+still work after `--depriv` has chrooted and dropped root: atomically (temporary file and
+rename inside the directory's descriptor) where the daemon may still create files there,
+else in place through the file's own descriptor.
+
 `open_media_effects` is the daemon's dsm-handlers part: restore, dirty-shutdown count,
 the guest's one scrubber task (its completions go to the log and to every
 `scrub_subscribers` callback, e.g. QMP events), clean-stop save.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections import deque
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable, Sequence
@@ -42,7 +48,8 @@ from pmemd.dsm.call import Call
 from pmemd.dsm.devices import Dimm, Root, slot_to_handle
 from pmemd.dsm.dispatcher import Dispatcher
 from pmemd.dsm.notify import drain_notifies
-from pmemd.dsm.persist import load_state_file, save_state_file
+from pmemd.dsm.persist import FILE_KIND, FILE_VERSION, StateFileBodyV1, guest_state_bytes, load_state_file
+from pmemd.dsm.state_blob import wrap
 from pmemd.dsm.scrubber import ScrubCompleted, run_scrubber
 from pmemd.dsm.state_blob import StateFormatError
 from pmemd.dsm_device import Dispatch, DsmPageDevice
@@ -183,6 +190,64 @@ class EventingDsmPageDevice(DsmPageDevice):
         return super().port_read(port, size)
 
 
+class StateFile:
+    """The guest state file, opened while the daemon may still open it (before `--depriv`).
+
+    Holds the directory and the file open for the daemon's life; `save` never names a path,
+    so a chroot or a lost uid does not stop it. Resources: two descriptors, closed by `close`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+        except BaseException:
+            os.close(self.dir_fd)
+            raise
+
+    def save(self, root: Root, dimms: Sequence[Dimm], *, running: bool) -> None:
+        """Write the state with its clean-stop marker (`persist`'s file format), durable on return."""
+        body = StateFileBodyV1.build({"running": int(running), "state": guest_state_bytes(root, dimms)})
+        blob = wrap(FILE_KIND, FILE_VERSION, body)
+        try:
+            self._replace(blob)
+        except PermissionError:  # an unprivileged uid in a directory it cannot write
+            self._overwrite(blob)
+
+    def _replace(self, blob: bytes) -> None:
+        """Temporary file, fsync, rename over the file, fsync the directory: all-or-nothing."""
+        tmp = self.path.name + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+        try:
+            _write_all(fd, blob, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        os.fsync(self.dir_fd)
+        fresh = os.open(self.path.name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self.dir_fd)  # the new inode
+        os.close(self.fd)
+        self.fd = fresh
+
+    def _overwrite(self, blob: bytes) -> None:
+        """In place through the held descriptor: the blob, then the length, then fsync."""
+        _write_all(self.fd, blob, 0)
+        os.ftruncate(self.fd, len(blob))
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.dir_fd)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def state_path(config: Config) -> Path | None:
     """`[dsm] state_file`, else beside the first NVDIMM's backing file; None without NVDIMMs.
 
@@ -224,9 +289,16 @@ async def open_media_effects(
                 dimm.health.dirty_shutdown()
             log.warning("previous daemon did not stop cleanly: dirty shutdown counted", state_file=str(path),
                         shutdown_count=[d.health.shutdown_count for d in dimms])
-        save_state_file(path, root, dimms, running=True)
-    save = None if path is None else functools.partial(save_state_file, path, root, dimms, running=True)
-    platform = await hv.open_platform() if hv is not None else None
+    state_file = StateFile(path) if path is not None else None  # before --depriv: saves go through it
+    save = None if state_file is None else functools.partial(state_file.save, root, dimms, running=True)
+    try:
+        if save is not None:
+            save()
+        platform = await hv.open_platform() if hv is not None else None
+    except BaseException:
+        if state_file is not None:
+            state_file.close()
+        raise
     effects = DsmEffects(root, dimms, platform=platform, save=save)
     dispatcher.observers.append(effects.after_call)
     try:
@@ -243,14 +315,16 @@ async def open_media_effects(
         dispatcher.observers.remove(effects.after_call)
         if platform is not None:
             platform.close()
-        if path is not None:
+        if state_file is not None:
             for dimm in dimms:
                 dimm.health.clean_shutdown()
             try:
-                save_state_file(path, root, dimms, running=False)
+                state_file.save(root, dimms, running=False)
                 log.info("guest state saved", state_file=str(path), poisoned=len(root.media.poison))
-            except OSError as e:  # e.g. after --depriv's chroot: the next start counts a dirty shutdown
+            except OSError as e:  # e.g. the disk is full: the next start counts a dirty shutdown
                 log.error("guest state not saved", state_file=str(path), error=str(e))
+            finally:
+                state_file.close()
 
 
 async def _report_scrubs(effects: DsmEffects, receive: trio.MemoryReceiveChannel[ScrubCompleted]) -> None:

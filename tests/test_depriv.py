@@ -75,3 +75,17 @@ async def test_it_still_shuts_down_cleanly_on_sigterm(deprivileged, sim):
     assert sim.hv.domains[DOMID].info()["ioreq_servers"] == []
     events = daemon.events()
     assert events.index("privileges dropped") < events.index("running")
+
+
+async def test_a_clean_stop_after_depriv_saves_the_state_so_the_next_start_counts_no_dirty_shutdown(
+        deprivileged, tmp_path):
+    """The state file is written through descriptors opened before root was dropped."""
+    daemon, config, _ = deprivileged
+    daemon.terminate()
+    assert await daemon.wait() == 0
+    assert "guest state saved" in daemon.events()
+    async with start_daemon(tmp_path, "--config", str(config), name="restarted") as restarted:
+        await restarted.ready()
+        restarted.terminate()
+        assert await restarted.wait() == 0
+    assert "previous daemon did not stop cleanly: dirty shutdown counted" not in restarted.events()
