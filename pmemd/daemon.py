@@ -223,9 +223,9 @@ STEPS: list[tuple[str, Step]] = [
     ("device-state", device_state),  # --resume on the way in; --save on the way out, after the ioreq server
     ("ioreq-server", serve_dsm_page),
     ("publish-tables", publish_tables),  # dm-acpi NFIT + NVDR body, before the guest boots
+    ("map-pmem", map_pmem),  # after table publication; FIEMAP opens the files by path: before chroot
     ("qmp", serve_qmp),  # control socket: created before depriv (its directory may be root's)
-    ("depriv", deprivilege),
-    ("map-pmem", map_pmem),  # after table publication, before the "running" state key
+    ("depriv", deprivilege),  # after every privileged step; then the state key says "running"
 ]
 
 
