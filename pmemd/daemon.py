@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -56,7 +58,7 @@ class Guest:
     effects: DsmEffects | None = None  # notifies, vMCE poison, saved health (dsm-handlers)
     device: DsmPageDevice | None = None
     server: IoreqServer | None = None
-    xenstore: XenstoreClient | None = None  # [xen] xenstore's connection (None: "embedded")
+    xenstore: XenstoreClient | None = None  # [xen] xenstore's connection (an embedded one: in-process)
     publication: Publication | None = None  # what "publish-tables" put in dm-acpi
     failed_step: str | None = None  # the setup step that failed (the state key's error-code)
     pmem_maps: dict[int, MapReport] = field(default_factory=dict)  # slot -> what "map-pmem" populated
@@ -86,12 +88,38 @@ async def open_hypervisor(guest: Guest) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def open_xenstore(guest: Guest) -> AsyncIterator[None]:
-    """The connection to xenstored at `[xen] xenstore`; none when that is "embedded" (no
-    toolstack keys to read, nobody to read ours: publication and state keys are skipped)."""
+    """The connection to xenstored at `[xen] xenstore`.
+
+    `"embedded"` runs a private xenstored in this process (socket `embedded_xenstore_path`,
+    logged, so `xenstore-ls` can look): the state keys live there. No toolstack shares it,
+    so no dm-acpi buffer exists and publication is skipped (`dmacpi.publish_tables`).
+    """
     path = guest.config.xen.xenstore
-    if path == "embedded":
-        yield
+    if path != "embedded":
+        async with _connected(guest, path):
+            yield
         return
+    from pmemd.sim.xenstored import serve_xenstored
+
+    socket = embedded_xenstore_path(guest.config.domid)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_xenstored, socket)
+        log.info("embedded xenstored", socket=socket)
+        try:
+            async with _connected(guest, socket):
+                yield
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def embedded_xenstore_path(domid: int) -> str:
+    """Where an embedded xenstored listens: the runtime directory, one socket per daemon."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(runtime, f"pmemd-{domid}-{os.getpid()}-xenstored.sock")
+
+
+@contextlib.asynccontextmanager
+async def _connected(guest: Guest, path: str) -> AsyncIterator[None]:
     async with open_daemon_client(path) as xenstore:
         guest.xenstore = xenstore
         try:

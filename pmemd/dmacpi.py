@@ -286,8 +286,8 @@ async def unpublish(xs: XenstoreClient, domid: int, publication: Publication) ->
 @contextlib.asynccontextmanager
 async def publish_tables(guest: Guest) -> AsyncIterator[None]:
     """Daemon step: publish the NFIT and NVDR body; remove the entries again on exit."""
-    if guest.xenstore is None:
-        log.warning("no xenstore configured ([xen] xenstore = \"embedded\"): dm-acpi not published")
+    if guest.xenstore is None or guest.config.xen.xenstore == "embedded":
+        log.warning("dm-acpi not published: an embedded xenstored has no toolstack to reserve the buffer")
         yield
         return
     if not guest.config.nvdimms or guest.hv is None:

@@ -77,7 +77,7 @@ async def serve_xenstored(
                 await _serve_connection(stream, store, domid)
 
             await nursery.start(trio.serve_listeners, handler, [listener])
-            log.info("xenstored listening", path=path, domid=domid)
+            log.info("xenstored listening", path=path, acts_as_domain=domid)
             task_status.started(store)
             await trio.sleep_forever()
     finally:
@@ -90,7 +90,7 @@ async def serve_xenstored(
 async def _serve_connection(stream: trio.SocketStream, store: Store, domid: int) -> None:
     """Run one client: this task reads and feeds its Session, a writer task drains its outbox."""
     send_channel, receive_channel = trio.open_memory_channel[Message](MAX_OUTSTANDING_MESSAGES)
-    conn_log = log.bind(domid=domid, conn=id(stream))
+    conn_log = log.bind(acts_as_domain=domid, conn=id(stream))
     session: Session | None = None
     try:
         async with stream, trio.open_nursery() as nursery:
