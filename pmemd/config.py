@@ -224,6 +224,7 @@ def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: 
         raise ConfigError("nvdimm", "must be an array of tables ([[nvdimm]])")
     nvdimms = _place_nvdimms([_nvdimm(e, i, base_dir) for i, e in enumerate(entries)], guest)
     _check_nvdimm_overlaps(nvdimms, guest, dsm)
+    _check_intel_dimm_last(nvdimms)
     host = _host(_table(raw, "host")) if "host" in raw else None
     return Config(domid, guest, dsm, xen, Path(qmp_socket), persistence, tuple(nvdimms), source, host)
 
@@ -443,6 +444,27 @@ def _place_nvdimms(nvdimms: list[NvdimmConfig], guest: GuestConfig) -> list[Nvdi
         placed.append(d)
     order = {d.slot: i for i, d in enumerate(nvdimms)}
     return sorted(placed, key=lambda d: order[d.slot])
+
+
+def _check_intel_dimm_last(nvdimms: list[NvdimmConfig]) -> None:
+    """With any Intel-family DIMM, the highest slot (handle) must hold one.
+
+    Linux (5.9+, `acpi_nfit_add_dimm`) registers DIMMs in handle order and, for each one,
+    clears the Intel family from the bus-wide `dimm_family_mask` before setting the
+    families that DIMM answers; a non-Intel DIMM registered last thus drops Intel for the
+    whole bus, and every Intel `ND_CMD_CALL` (ndctl's SMART, health, inject-smart) on any
+    DIMM fails with EINVAL in `__nd_ioctl`.
+    """
+    if not any(d.family == "intel" for d in nvdimms):
+        return
+    index, last = max(enumerate(nvdimms), key=lambda e: e[1].slot)
+    if last.family != "intel":
+        raise ConfigError(
+            f"nvdimm[{index}].slot",
+            f"slot {last.slot} is the highest, so Linux registers this {last.family}-family DIMM last and "
+            "drops the Intel _DSM family from the whole bus (ndctl SMART/health calls on the Intel DIMMs "
+            "fail with EINVAL): give an Intel-family DIMM the highest slot",
+        )
 
 
 def _check_nvdimm_overlaps(nvdimms: list[NvdimmConfig], guest: GuestConfig, dsm: DsmConfig) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from construct import Int8ul, Int16ul
 
+from pmemd.config import Config, ConfigError, from_mapping
+from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.call import Status
-from pmemd.dsm.devices import Dimm
+from pmemd.dsm.devices import Dimm, slot_to_handle
 from pmemd.dsm.health import Health, HealthBodyV1, encode_temperature, temperature_sixteenths
 from pmemd.dsm.page import encode_request
 from pmemd.dsm.smart import SMART_VALID, InjectSmartInput, SmartBody, ThresholdOutput
@@ -220,6 +224,60 @@ def test_revision_2_mask_offers_set_threshold_and_inject() -> None:
 def test_revision_2_functions_are_not_served_at_revision_1() -> None:
     assert guest().call(17, bytes(7), handle=DIMM, revision=1) == (Status.NOT_SUPPORTED, b"")
 
+
+
+# The Intel family on the bus (found by the lab's Linux 6.1 guest: with the Intel DIMM in slot 0
+# and an MSFT DIMM in slot 1, ndctl showed health "unknown" and inject-smart failed with EINVAL;
+# no SMART call ever reached pmemd, whose replies were right all along).
+
+LINUX_FAMILY_IDS = {"intel": 0, "hpe1": 1, "msft": 3, "hyperv": 4}  # NVDIMM_FAMILY_*
+INTEL_BIT = 1 << LINUX_FAMILY_IDS["intel"]
+
+
+def two_dimm_config(slot0_family: str, slot1_family: str) -> Config:
+    dimm = {"backing": "nv.img", "size": "2M"}
+    return from_mapping({"domid": 1, "nvdimm": [{**dimm, "slot": 0, "family": slot0_family},
+                                                {**dimm, "backing": "nv1.img", "slot": 1, "family": slot1_family}]})
+
+
+def linux_dimm_family_mask(config: Config) -> int:
+    """The bus `dimm_family_mask` Linux builds from pmemd's function-0 answers.
+
+    `acpi_nfit_add_dimm` runs per DIMM in handle order: it clears the Intel bit of the bus-wide
+    mask, then sets bit i for each family GUID whose function 0 at revision 1 has bit 0. The
+    SSDT passes only the DIMM's own family GUID to the daemon and answers Buffer{0} for any
+    other. `__nd_ioctl` refuses an ND_CMD_CALL whose family is not in this mask with EINVAL.
+    """
+    dispatcher = build_dispatcher(config, {})
+    mask = 0
+    for d in sorted(config.nvdimms, key=lambda d: slot_to_handle(d.slot)):
+        mask &= ~INTEL_BIT
+        if dispatcher.mask(slot_to_handle(d.slot), 1) & 1:
+            mask |= 1 << LINUX_FAMILY_IDS[d.family]
+    return mask
+
+
+def test_linux_loses_the_intel_family_when_a_non_intel_dimm_registers_last() -> None:
+    accepted = two_dimm_config("msft", "intel")
+    first, second = accepted.nvdimms
+    swapped = replace(accepted, nvdimms=(replace(first, family="intel"), replace(second, family="msft")))
+    assert linux_dimm_family_mask(swapped) & INTEL_BIT == 0
+
+
+def test_config_refuses_a_non_intel_dimm_in_the_highest_slot_beside_an_intel_one() -> None:
+    with pytest.raises(ConfigError) as e:
+        two_dimm_config("intel", "msft")
+    assert e.value.field == "nvdimm[1].slot" and "EINVAL" in e.value.rule
+
+
+@pytest.mark.parametrize("families", [("msft", "intel"), ("hyperv", "intel"), ("intel", "intel")])
+def test_every_accepted_layout_keeps_the_intel_family_on_the_bus(families: tuple[str, str]) -> None:
+    mask = linux_dimm_family_mask(two_dimm_config(*families))
+    assert mask == INTEL_BIT | 1 << LINUX_FAMILY_IDS[families[0]]
+
+
+def test_a_bus_without_intel_dimms_may_order_its_families_freely() -> None:
+    assert linux_dimm_family_mask(two_dimm_config("hyperv", "msft")) == 1 << 4 | 1 << 3
 
 # Saved state.
 

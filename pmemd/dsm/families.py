@@ -6,6 +6,11 @@
     1, 2, 10 at revision 1 and 17, 18 at revision 2 (`smart`).
   Any other DIMM family (HPE1, MSFT, Hyper-V): function 0 answers bit 0 alone, and the
     Intel label functions 4-6 are served unadvertised, for the `_LSx` methods.
+
+Linux keeps one family mask for the whole bus and clears Intel from it for each DIMM it
+registers (in handle order) that does not answer the Intel GUID, so on a mixed bus an Intel
+DIMM must hold the highest slot or every Intel ND_CMD_CALL fails with EINVAL; the config
+enforces it (`config._check_intel_dimm_last`).
 """
 
 from __future__ import annotations
