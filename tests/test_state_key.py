@@ -147,12 +147,13 @@ async def test_a_restart_after_an_error_clears_the_error_code(host: Host) -> Non
     await d.stop()
 
 
-async def test_without_a_xenstore_the_daemon_runs_and_writes_nothing(host: Host) -> None:
+async def test_an_embedded_xenstore_keeps_the_state_key_to_itself_and_publishes_nothing(host: Host) -> None:
     cfg = host.config(xenstore="embedded")
     await host.create_domain(cfg)
     d = await host.start_daemon(cfg)
-    assert (d.guest.xenstore, d.guest.publication) == (None, None)
-    assert not host.store.exists(state_dir(GUEST))
+    assert d.guest.xenstore is not None and d.guest.publication is None
+    assert await d.guest.xenstore.read(STATE) == b"running"
+    assert not host.store.exists(state_dir(GUEST))  # the toolstack's xenstored saw nothing
     await d.stop()
 
 
