@@ -726,6 +726,23 @@ TYPE_BUFFER = 3
 TYPE_PACKAGE = 4
 
 
+EXTERNAL_OP = 0x15
+METHOD_OBJ = 8  # ObjectType of a method (ACPI 6.5 §19.6.96)
+
+
+@dataclass(frozen=True)
+class External(Term):
+    """External(path, type[, args]): declares an object another table defines (§19.6.49);
+    the argument count lets a disassembler parse calls to it."""
+
+    path: str
+    object_type: int
+    args: int = 0
+
+    def encode(self) -> bytes:
+        return bytes([EXTERNAL_OP]) + Path(self.path).encode() + bytes([self.object_type, self.args])
+
+
 @dataclass(frozen=True)
 class RawAml(Term):
     """Already-encoded AML, e.g. a device body received from elsewhere (dm-acpi type 1)."""

@@ -3,10 +3,14 @@
 One layout, two readers (like `dsm_buffer`): the daemon encodes events with `encode_event`
 and the AML method built by `nevt_method` decodes them.
 
-The device model queues events and raises GPE `EVENT_GPE`; the platform's DSDT routes that
-GPE to `\\_SB.NVDR.NEVT` (as QEMU's DSDT routes `_E04` to the NVDIMM root), e.g.
+The device model queues events and raises GPE `EVENT_GPE`; a small SSDT of its own
+(`build_event_ssdt`, published beside the NFIT as a dm-acpi type-0 table) routes that GPE to
+`\\_SB.NVDR.NEVT`, as QEMU's DSDT routes `_E04` to the NVDIMM root:
 
     Scope (\\_GPE) { Method (_E04) { \\_SB.NVDR.NEVT () } }
+
+It is a separate table, not part of the NVDR body, so that a platform DSDT that already
+handles this GPE makes only this table fail to load, never the NVDIMM devices.
 
 NEVT reads the notify port (the same DWORD register NCAL writes to ring a call) once per
 event: bits 0-7 carry the notify value, bits 8-23 the NFIT handle (0 root, slot + 1 DIMM),
@@ -21,9 +25,12 @@ from typing import Iterable
 
 from acpi import dsm_buffer as page
 from acpi.aml import (
+    METHOD_OBJ,
     Add,
     And,
+    Call,
     Else,
+    External,
     If,
     LEqual,
     LLess,
@@ -32,16 +39,21 @@ from acpi.aml import (
     Method,
     Notify,
     Path,
+    Scope,
     ShiftRight,
     Store,
     TermLike,
     While,
 )
+from acpi.aml import definition_block_body
 from acpi.layout import device_name, nfit_handle
+from acpi.table import TableIds, finish_table
 
 EVENT_GPE = 4
 """GPE0 bit the device model raises for NVDIMM events (QEMU's NVDIMM GPE bit)."""
 EVENT_METHOD = "NEVT"
+EVENT_TABLE_ID = "NVEVENTS"
+GPE_HANDLER = f"_E{EVENT_GPE:02X}"  # edge-triggered: the device model raises it per batch
 ROOT_PATH = "\\_SB_.NVDR"
 VALUE_MASK = 0xFF
 HANDLE_SHIFT = 8
@@ -97,3 +109,13 @@ def nevt_method(slots: Iterable[int], *, readable: bool = True) -> Method:
         ),
         serialized=True,
     )
+
+
+def build_event_ssdt(ids: TableIds = TableIds()) -> bytes:
+    """An SSDT routing GPE `EVENT_GPE` to NEVT: `Scope(\\_GPE){Method(_E04){\\_SB.NVDR.NEVT()}}`."""
+    nevt = f"{ROOT_PATH}.{EVENT_METHOD}"
+    body = definition_block_body(
+        If(0, External(nevt, METHOD_OBJ, 0)),  # as iasl emits it: old interpreters skip External
+        Scope("\\_GPE", Method(GPE_HANDLER, 0, Call(nevt))),
+    )
+    return finish_table("SSDT", 2, body, ids, oem_table_id=EVENT_TABLE_ID)

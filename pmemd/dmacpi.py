@@ -115,8 +115,12 @@ def dm_acpi_path(domid: int) -> str:
 
 
 def standard_blobs(tables: Tables) -> list[Blob]:
-    """What QEMU published and pmemd publishes: the NFIT (type 0) and the NVDR body (type 1)."""
-    return [Blob("NFIT", TYPE_TABLE, tables.nfit), Blob("NVDR", TYPE_DEVICE_BODY, tables.nvdr)]
+    """What QEMU published — the NFIT (type 0) and the NVDR body (type 1) — plus the event
+    SSDT (type 0) that routes the NVDIMM GPE to NVDR.NEVT, when the tables have one."""
+    blobs = [Blob("NFIT", TYPE_TABLE, tables.nfit), Blob("NVDR", TYPE_DEVICE_BODY, tables.nvdr)]
+    if tables.events:
+        blobs.append(Blob("NVEV", TYPE_TABLE, tables.events))
+    return blobs
 
 
 def device_name(name: str) -> str:

@@ -1,9 +1,11 @@
-"""The guest's firmware tables, built from its config: NFIT, SSDT and the NVDR body."""
+"""The guest's firmware tables, built from its config: NFIT, SSDT, the NVDR body and the
+event SSDT that routes the NVDIMM GPE."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from acpi.events import build_event_ssdt
 from acpi.layout import DIMM_FAMILIES, Dimm, Doorbell, DsmPage
 from acpi.nfit import build_nfit
 from acpi.ssdt import build_nvdr_body, build_ssdt
@@ -15,10 +17,14 @@ class Tables:
     nfit: bytes  # complete table (dm-acpi type 0)
     ssdt: bytes  # complete table, for loaders that take whole tables
     nvdr: bytes  # body of Device(NVDR) (dm-acpi type 1)
+    events: bytes = b""  # SSDT routing the NVDIMM event GPE to NVDR.NEVT (dm-acpi type 0); none for QEMU
 
     def files(self) -> dict[str, bytes]:
         """Output file names and contents, as `pmemd acpi` writes them."""
-        return {"NFIT.bin": self.nfit, "SSDT.bin": self.ssdt, "NVDR.bin": self.nvdr}
+        files = {"NFIT.bin": self.nfit, "SSDT.bin": self.ssdt, "NVDR.bin": self.nvdr}
+        if self.events:
+            files["NVEV.bin"] = self.events
+        return files
 
 
 def dimms(config: Config) -> list[Dimm]:
@@ -49,4 +55,6 @@ def build_tables(config: Config) -> Tables:
         nfit=build_nfit(ds, config.persistence),
         ssdt=build_ssdt(ds, page),
         nvdr=build_nvdr_body(ds, page),
+        # QEMU's doorbell cannot carry events (its NEVT is empty) and QEMU's DSDT owns its GPEs.
+        events=build_event_ssdt() if page.doorbell is None else b"",
     )

@@ -1,4 +1,4 @@
-"""`pmemd acpi`: the console script writes the three tables, summarises them, and exits 1 or 2 on errors."""
+"""`pmemd acpi`: the console script writes the tables, summarises them, and exits 1 or 2 on errors."""
 
 from __future__ import annotations
 
@@ -30,11 +30,13 @@ def multi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     return pmemd("acpi", "--config", "configs/multi.toml", "--out", str(out)), out
 
 
-def test_acpi_exits_0_and_writes_nfit_ssdt_and_nvdr(multi_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+def test_acpi_exits_0_and_writes_nfit_ssdt_nvdr_and_the_event_ssdt(
+    multi_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
     proc, out = multi_run
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert sorted(p.name for p in out.iterdir()) == ["NFIT.bin", "NVDR.bin", "SSDT.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["NFIT.bin", "NVDR.bin", "NVEV.bin", "SSDT.bin"]
 
 
 def test_acpi_files_are_the_tables_built_from_the_config(multi_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
@@ -58,12 +60,13 @@ def test_acpi_prints_a_json_summary_with_lengths_and_checksums(
     assert summary["domid"] == 12
     assert summary["nvdimms"] == 3
     by_name = {Path(t["file"]).name: t for t in summary["tables"]}
-    assert set(by_name) == {"NFIT.bin", "SSDT.bin", "NVDR.bin"}
+    assert set(by_name) == {"NFIT.bin", "SSDT.bin", "NVDR.bin", "NVEV.bin"}
     for name, entry in by_name.items():
         assert Path(entry["file"]) == out / name
         assert entry["length"] == (out / name).stat().st_size
     assert by_name["NFIT.bin"]["checksum_ok"] is True
     assert by_name["SSDT.bin"]["checksum_ok"] is True
+    assert by_name["NVEV.bin"]["checksum_ok"] is True
     assert "checksum_ok" not in by_name["NVDR.bin"]  # a body, not a table
     assert by_name["NFIT.bin"]["length"] == 40 + 3 * 184 + 24 + 16
 

@@ -117,9 +117,10 @@ async def test_blobs_land_in_guest_ram_at_address_plus_offset(host: Host) -> Non
     tables = build_tables(cfg)
     publication = await publish(await host.client(), await host.hv_client(cfg), GUEST, standard_blobs(tables))
     ram = host.hv.domain(GUEST).ram
-    nfit, nvdr = publication.entries
+    nfit, nvdr, nvev = publication.entries
     assert ram.read(buffer.address + nfit.offset, nfit.length) == tables.nfit
     assert ram.read(buffer.address + nvdr.offset, nvdr.length) == tables.nvdr
+    assert ram.read(buffer.address + nvev.offset, nvev.length) == tables.events
 
 
 async def test_keys_are_decimal_and_guest_read_only(host: Host) -> None:

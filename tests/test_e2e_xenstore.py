@@ -97,13 +97,13 @@ async def test_the_guest_boots_with_the_configured_nvdimms(setup: Setup) -> None
             assert listing[:2] == [f'{root}/address = "{created["dm_acpi"]["address"]}"',
                                    f'{root}/length = "{created["dm_acpi"]["length"]}"']
             assert [line.split(" = ")[0] for line in listing[2:]] == [
-                f"{root}/{name}{key}" for name in ("NFIT", "NVDR") for key in ("", "/type", "/offset", "/length")]
+                f"{root}/{name}{key}" for name in ("NFIT", "NVDR", "NVEV") for key in ("", "/type", "/offset", "/length")]
             assert (await tool(setup.xs, "xenstore-read", state_path(DOMID))).stdout == b"running\n"
 
             assert (await pmemd("domain", "unpause", "--config", str(setup.config)))["state"] == "running"
             out = setup.dir / "acpi" / f"dom{DOMID}"
             summary = json.loads((out / "hvmloader.json").read_text())
-            assert ([t["entry"] for t in summary["loaded"]], summary["skipped"]) == (["NFIT", "NVDR"], [])
+            assert ([t["entry"] for t in summary["loaded"]], summary["skipped"]) == (["NFIT", "NVDR", "NVEV"], [])
             nfit_dsl = decompile((out / "NFIT.dat").read_bytes(), setup.dir, "nfit")
             ssdt_dsl = decompile((out / "NVDR.dat").read_bytes(), setup.dir, "ssdt")
             assert "[NFIT]" in nfit_dsl

@@ -230,9 +230,10 @@ async def test_the_daemon_s_tables_load_and_decode_cleanly(host: Host, tmp_path:
     daemon = await host.start_daemon(cfg)
     host.unpause()
     result = host.hvmloader.results[GUEST]
-    assert ([t.entry for t in result.tables], result.skipped) == (["NFIT", "NVDR"], [])
+    assert ([t.entry for t in result.tables], result.skipped) == (["NFIT", "NVDR", "NVEV"], [])
     tables = build_tables(cfg)
     assert result.tables[0].data == tables.nfit
     dsl = decompile(result.tables[1].data, tmp_path, "ssdt")
     assert [f"Device (NV{slot:02X})" in dsl for slot in range(3)] == [True] * 3
+    assert "Method (_E04, 0, NotSerialized)" in decompile(result.tables[2].data, tmp_path, "nvev")
     await daemon.stop()
