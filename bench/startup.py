@@ -82,7 +82,8 @@ def wait_greeting(path: Path, proc: subprocess.Popen, deadline: float) -> float:
     raise TimeoutError("no QMP greeting")
 
 
-def write_config(work: Path, hv: Path, qmp: Path, backing: Path) -> Path:
+def write_config(work: Path, hv: Path, qmp: Path, backing: Path, xenstore: Path) -> Path:
+    """A production-shaped guest: the toolstack's xenstored (the simulator's), not an embedded one."""
     path = work / "guest.toml"
     path.write_text(f"""domid = {DOMID}
 [guest]
@@ -92,7 +93,7 @@ vcpus = 2
 mode = "mmio"
 [xen]
 hypervisor = "{hv}"
-xenstore = "embedded"
+xenstore = "{xenstore}"
 [qmp]
 socket = "{qmp}"
 [[nvdimm]]
@@ -164,8 +165,9 @@ def main() -> int:
         with open(backing, "wb") as f:
             f.truncate(PMEM + LABELS)
         hv, qmp = work / "hv.sock", work / "pmemd.qmp"
-        config = write_config(work, hv, qmp, backing)
-        sim = subprocess.Popen([*PMEMD, "sim", "--socket", str(hv)], stdout=subprocess.PIPE,
+        xenstore = work / "xenstored.sock"
+        config = write_config(work, hv, qmp, backing, xenstore)
+        sim = subprocess.Popen([*PMEMD, "sim", "--socket", str(hv), "--xenstore", str(xenstore)], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)
         try:
             assert sim.stdout is not None and sim.stdout.readline().strip() == b"ready"
