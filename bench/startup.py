@@ -9,12 +9,13 @@ For each of `--runs` starts it prints the median of:
   - RSS: VmRSS of the process once ready (and VmHWM, the peak), from /proc/PID/status.
 pmemd is measured twice: from this venv (`pip install -e`, whose import finder costs every
 Python start ~10 ms) and in the layout a wheel install gives (a throw-away venv whose
-site-packages lists this repository and this venv's dependencies as plain paths).
+site-packages lists this repository and this venv's dependencies as plain paths), started
+through the console script pip writes for it — what a toolstack execs.
 `pmemd run` binds its QMP socket and greets clients before it imports the daemon
 (`pmemd.qmp.early`), so the greeting column is the cost of starting Python plus that path.
 Both get the QMP path on the command line, as libxl gives it (`--qmp`, QEMU's `-qmp`);
-pmemd starts as `python -m pmemd`, the same entry (`pmemd.startup.main`) as the console script.
-pmemd runs against `pmemd sim` (started once, not timed) with one 256 MiB + 2 MiB-label
+from this venv pmemd starts as `python -m pmemd` (same entry, `pmemd.startup.main`; runpy adds
+~3 ms). pmemd runs against `pmemd sim` (started once, not timed) with one 256 MiB + 2 MiB-label
 NVDIMM; QEMU gets the same backing file: `-machine pc,nvdimm=on -m 512M,slots=2,maxmem=4G
 -object memory-backend-file,... -device nvdimm,label-size=2M -S -qmp unix:...`.
 QEMU is skipped (and said so) when qemu-system-x86_64 is not installed.
@@ -57,7 +58,11 @@ def installed_python(work: Path) -> str:
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              check=True, capture_output=True, text=True).stdout.strip()
     Path(purelib, "pmemd-bench.pth").write_text("\n".join([str(REPO), *site.getsitepackages()]) + "\n")
-    return str(python)
+    # The console script pip writes for `pmemd = "pmemd.startup:main"`: what a toolstack execs.
+    script = target / "bin" / "pmemd"
+    script.write_text(f"#!{python}\nimport sys\nfrom pmemd.startup import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    return str(script)
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -107,7 +112,8 @@ address = "auto"
     return path
 
 
-def pmemd_once(work: Path, config: Path, qmp: Path, python: str = sys.executable) -> dict[str, float]:
+def pmemd_once(work: Path, config: Path, qmp: Path, program: str | None = None) -> dict[str, float]:
+    """One start of `pmemd run` (`program`: a console script; default `python -m pmemd`)."""
     subprocess.run([*PMEMD, "domain", "create", "--config", str(config)], check=True, capture_output=True)
     notify_path = work / "notify"
     notify_path.unlink(missing_ok=True)
@@ -115,7 +121,8 @@ def pmemd_once(work: Path, config: Path, qmp: Path, python: str = sys.executable
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
         start = time.monotonic()
-        proc = subprocess.Popen([python, "-m", "pmemd", "run", "--config", str(config), "--qmp", str(qmp)], stderr=subprocess.DEVNULL,
+        command = [program] if program else [sys.executable, "-m", "pmemd"]
+        proc = subprocess.Popen([*command, "run", "--config", str(config), "--qmp", str(qmp)], stderr=subprocess.DEVNULL,
                                 env={**os.environ, "NOTIFY_SOCKET": str(notify_path)})
         try:
             greeting = wait_greeting(qmp, proc, start + 30)
