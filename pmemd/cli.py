@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("acpi", help="build the guest's NFIT, SSDT and NVDR body from a config")
+    p = sub.add_parser("acpi", help="build the guest's NFIT, SSDT, NVDR body and event SSDT from a config")
     p.add_argument("--config", required=True, help="guest config (TOML)")
     p.add_argument("--out", required=True, help="directory for NFIT.bin, SSDT.bin, NVDR.bin")
     p.set_defaults(func=cmd_acpi)
