@@ -83,7 +83,7 @@ async def main() -> None:
 
     for count in (args.synthetic // 10, args.synthetic):
         source = SyntheticExtents(count)
-        await measure(f"(b) synthetic, no coalescing", source, source.size)
+        await measure("(b) synthetic, no coalescing", source, source.size)
     source = SyntheticExtents(args.synthetic, stride=1)
     await measure("(b) synthetic, all coalesce", source, source.size)
 

@@ -40,7 +40,6 @@ from typing import Any, Iterable, Mapping
 
 from construct import (
     Array,
-    Bytes,
     Const,
     ConstructError,
     Float64l,

@@ -28,7 +28,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-import structlog
 import trio
 
 from acpi.doorbell import RESERVED_SIZE

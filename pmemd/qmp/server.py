@@ -19,7 +19,6 @@ Resources: `serve` owns the listener and every connection; cancelling it closes 
 from __future__ import annotations
 
 import itertools
-import os
 import socket as stdlib_socket
 import time
 from dataclasses import dataclass, field
