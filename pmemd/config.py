@@ -430,10 +430,15 @@ def _nvdimm(t: Any, index: int, base_dir: Path) -> NvdimmConfig:
 def _place_nvdimms(nvdimms: list[NvdimmConfig], guest: GuestConfig) -> list[NvdimmConfig]:
     """Give `address = "auto"` DIMMs a base: above high RAM and fixed DIMMs, 1 GiB aligned."""
     seen: dict[int, int] = {}
+    serials: dict[int, int] = {}
     for i, d in enumerate(nvdimms):
         if d.slot in seen:
             raise ConfigError(f"nvdimm[{i}].slot", f"slot {d.slot} is already used by nvdimm[{seen[d.slot]}]")
         seen[d.slot] = i
+        if d.serial in serials:  # Linux names DIMMs (nmem ids, label cookies) after the serial
+            raise ConfigError(
+                f"nvdimm[{i}].serial", f"serial {d.serial:#x} is already used by nvdimm[{serials[d.serial]}]")
+        serials[d.serial] = i
     cursor = max([guest.highmem_end] + [d.end for d in nvdimms if d.address >= 0])
     placed = []
     for d in sorted(nvdimms, key=lambda d: d.slot):

@@ -310,6 +310,14 @@ def test_slot_used_twice_is_rejected() -> None:
     rejects(with_dimms({"slot": 1}, {}), "nvdimm[1].slot", "slot 1 is already used by nvdimm[0]")
 
 
+def test_serial_used_twice_is_rejected() -> None:
+    rejects(with_dimms({"serial": 7}, {"serial": 7}), "nvdimm[1].serial", "serial 0x7 is already used by nvdimm[0]")
+
+
+def test_explicit_serial_equal_to_another_default_is_rejected() -> None:
+    rejects(with_dimms({}, {"serial": 0x504D0000}), "nvdimm[1].serial", "is already used by nvdimm[0]")
+
+
 def test_slot_defaults_to_the_entry_index() -> None:
     assert [d.slot for d in config.from_mapping(with_dimms({}, {})).nvdimms] == [0, 1]
 
