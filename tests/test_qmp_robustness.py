@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import trio
@@ -55,6 +56,21 @@ async def raw(guest):
     client = RawClient(stream)
     await client.negotiate()
     yield client
+    await stream.aclose()
+
+
+async def test_a_client_that_resets_its_connection_does_not_stop_the_daemon(guest):
+    for _ in range(3):
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.connect(str(guest.config.qmp_socket))
+        await trio.lowlevel.wait_readable(sock)  # the greeting arrived, and stays unread:
+        sock.close()  # closing over unread data resets the connection (ECONNRESET at the server)
+        await trio.testing.wait_all_tasks_blocked()
+    stream = await trio.open_unix_socket(str(guest.config.qmp_socket))
+    client = RawClient(stream)
+    await client.negotiate()
+    await client.send(b'{"execute": "query-status"}')
+    assert (await client.line())["return"]["status"] == "running"
     await stream.aclose()
 
 

@@ -144,8 +144,8 @@ class QmpServer:
                     nursery.start_soon(self._write, client)
                     await self._read(client, clog, greeted)
                     send.close()  # the writer drains what is queued, then ends
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away (a reset included): its problem, never the daemon's
         finally:
             self._clients.pop(client.number, None)
             send.close()
