@@ -24,7 +24,6 @@ import statistics as stats
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import structlog
 import trio
@@ -32,10 +31,9 @@ import trio
 from acpi import dsm_buffer as layout
 from acpi.doorbell import DONE_OFFSET, RESERVED_SIZE, TICKET_OFFSET
 from pmemd.config import DsmConfig
+from pmemd.dsm_device import Dispatch
 
 log = structlog.get_logger("pmemd.qemu")
-
-Dispatch = Callable[[bytes], bytes]
 
 
 @dataclass
