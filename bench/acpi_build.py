@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/acpi_build.py [--runs N] [--profile]
 
-Each case builds both tables from `acpi.layout.Dimm` lists (what `pmemd.tables.build_tables`
+Each case builds both tables from `acpi.layout.Dimm` lists (what `pmemd.daemon.tables.build_tables`
 does for a config) and reports the median of N runs in milliseconds, per table and
 together. Target: NFIT + SSDT for 256 DIMMs in ≤ 20 ms. With --profile (or when the
 target is missed) the 256-DIMM build is run under cProfile and the top functions by

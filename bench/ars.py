@@ -100,7 +100,7 @@ def main() -> None:
     nvdimm = config.nvdimms[0]
     clock = FakeClock()
     media = MediaErrors.create(rate=args.rate, now=clock)
-    dispatcher = build_dispatcher(config, {}, media=media)
+    dispatcher = build_dispatcher(config, {}, media=media).dispatcher
 
     stride = nvdimm.pmem_size // args.ranges
     starts = [nvdimm.address + i * stride for i in range(args.ranges)]

@@ -81,7 +81,7 @@ class Trivial:
 async def run_dm(path: str) -> None:
     """Child process: the daemon's ioreq server with a trivial device."""
     from pmemd.ioreq.server import IoreqServer
-    from pmemd.xen.sim_client import SimDeviceModel
+    from pmemd.sim.client.device_model import SimDeviceModel
 
     hv = await SimDeviceModel.connect(path, DOMID)
     server = IoreqServer(hv, Trivial(), [IoRange(True, MMIO, MMIO + 0xFFF)])
@@ -94,7 +94,7 @@ async def run_dm(path: str) -> None:
 
 def run_guest(path: str, n: int) -> None:
     """Child process: a guest vCPU doing n trapped MMIO reads."""
-    from pmemd.xen.guest import GuestConnection
+    from pmemd.sim.client.vcpu import GuestConnection
 
     with GuestConnection(path, DOMID, 0) as g:
         for _ in range(500):

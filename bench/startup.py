@@ -14,7 +14,7 @@ through the console script pip writes for it — what a toolstack execs.
 `pmemd run` binds its QMP socket and greets clients before it imports the daemon
 (`pmemd.qmp.early`), so the greeting column is the cost of starting Python plus that path.
 Both get the QMP path on the command line, as libxl gives it (`--qmp`, QEMU's `-qmp`);
-from this venv pmemd starts as `python -m pmemd` (same entry, `pmemd.startup.main`; runpy adds
+from this venv pmemd starts as `python -m pmemd` (same entry, `pmemd.process.startup.main`; runpy adds
 ~3 ms). pmemd runs against `pmemd sim` (started once, not timed) with one 256 MiB + 2 MiB-label
 NVDIMM; QEMU gets the same backing file: `-machine pc,nvdimm=on -m 512M,slots=2,maxmem=4G
 -object memory-backend-file,... -device nvdimm,label-size=2M -S -qmp unix:...`.
@@ -58,9 +58,9 @@ def installed_python(work: Path) -> str:
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              check=True, capture_output=True, text=True).stdout.strip()
     Path(purelib, "pmemd-bench.pth").write_text("\n".join([str(REPO), *site.getsitepackages()]) + "\n")
-    # The console script pip writes for `pmemd = "pmemd.startup:main"`: what a toolstack execs.
+    # The console script pip writes for `pmemd = "pmemd.process.startup:main"`: what a toolstack execs.
     script = target / "bin" / "pmemd"
-    script.write_text(f"#!{python}\nimport sys\nfrom pmemd.startup import main\nsys.exit(main())\n")
+    script.write_text(f"#!{python}\nimport sys\nfrom pmemd.process.startup import main\nsys.exit(main())\n")
     script.chmod(0o755)
     return str(script)
 

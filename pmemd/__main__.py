@@ -1,7 +1,7 @@
-"""`python -m pmemd ARGS`: the `pmemd` program (`pmemd.startup.main`)."""
+"""`python -m pmemd ARGS`: the `pmemd` program (`pmemd.process.startup.main`)."""
 
 import sys
 
-from pmemd.startup import main
+from pmemd.process.startup import main
 
 sys.exit(main())

@@ -28,7 +28,7 @@ def _load_config(args: argparse.Namespace):
 def cmd_acpi(args: argparse.Namespace) -> int:
     """Write NFIT.bin, SSDT.bin and NVDR.bin for a config and print a JSON summary."""
     from acpi.table import parse_table
-    from pmemd.tables import build_tables
+    from pmemd.daemon.tables import build_tables
 
     cfg = _load_config(args)
     tables = build_tables(cfg)
@@ -62,8 +62,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     """Run the simulated Xen host (hypervisor, and xenstored when asked) until SIGTERM/SIGINT."""
     import trio
 
-    from pmemd import logs
-    from pmemd.lifecycle import run_until_signalled
+    from pmemd.process import logs
+    from pmemd.process.lifecycle import run_until_signalled
     from pmemd.sim.hv_pmem import load_host_pmem
     from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
     from pmemd.xen.errors import HypervisorError
@@ -86,7 +86,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             await nursery.start(partial(serve_hypervisor, args.socket, hypervisor=hypervisor))
             if args.xenstore:
                 from pmemd.sim.hvmloader import attach
-                from pmemd.sim.xenstored import serve_xenstored
+                from pmemd.xenstored.server import serve_xenstored
 
                 store = await nursery.start(serve_xenstored, args.xenstore)
                 attach(hypervisor, store, Path(args.acpi_out) if args.acpi_out else None)
@@ -108,11 +108,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import trio
 
-    from pmemd import logs
-    from pmemd.daemon import serve_guest
-    from pmemd.depriv import DeprivError, DeprivPlan, unshare_namespaces
-    from pmemd.lifecycle import RunOptions, SystemdNotifier, run_until_signalled
-    from pmemd.pidfile import PidfileError, pidfile
+    from pmemd.process import logs
+    from pmemd.daemon.serve import serve_guest
+    from pmemd.process.depriv import DeprivError, DeprivPlan, unshare_namespaces
+    from pmemd.daemon.guest import RunOptions
+    from pmemd.process.lifecycle import SystemdNotifier, run_until_signalled
+    from pmemd.process.pidfile import PidfileError, pidfile
 
     cfg = _load_config(args)
     if args.qmp:
@@ -181,7 +182,7 @@ def _check_run_usage(args: argparse.Namespace) -> str | None:
 
 def cmd_domain(args: argparse.Namespace) -> int:
     """Do what the toolstack does with a simulated domain."""
-    from pmemd.xen.control import DomainControl
+    from pmemd.sim.client.control import DomainControl
     from pmemd.xen.errors import HypervisorError
 
     from pmemd.toolstack import ToolstackError
@@ -297,7 +298,7 @@ def cmd_qmp_health(args: argparse.Namespace) -> int:
     """Container HEALTHCHECK: ask the daemon's QMP socket `query-status`; 0 when it answers."""
     import os
 
-    from pmemd.lifecycle import qmp_status
+    from pmemd.qmp.probe import qmp_status
 
     path = args.socket or os.environ.get("PMEMD_QMP")
     if args.config:
@@ -399,10 +400,10 @@ _NOT_PREPARED = object()
 
 
 def main(argv: Sequence[str] | None = None, *, early: Any = _NOT_PREPARED) -> int:
-    """Run one command. `early`: what `pmemd.startup.prepare_run` bound for `pmemd run`
+    """Run one command. `early`: what `pmemd.process.startup.prepare_run` bound for `pmemd run`
     (done here for the process's own command line when the entry point did not)."""
     if early is _NOT_PREPARED:
-        from pmemd.startup import prepare_run
+        from pmemd.process.startup import prepare_run
 
         early = prepare_run(sys.argv[1:]) if argv is None else None
     try:

@@ -22,18 +22,18 @@ import trio
 from acpi.nfit import parse_nfit
 from acpi.table import parse_table
 from pmemd import config as configmod
-from pmemd import logs
-from pmemd.daemon import serve_guest
+from pmemd.process import logs
+from pmemd.daemon.serve import serve_guest
 from pmemd.sim.hv_domain import Layout
 from pmemd.sim.hv_pmem import PmemRegion
 from pmemd.sim.hvmloader import attach
 from pmemd.sim.hypervisor import serve_hypervisor
-from pmemd.sim.xenstored import serve_xenstored
-from pmemd.state_key import wait_state
+from pmemd.xenstored.server import serve_xenstored
+from pmemd.daemon.state_key import wait_state
 from pmemd.storage import prepare_backing
 from pmemd.toolstack import create_domain_keys, reserve_dm_acpi
 from pmemd.xenstore import open_client
-from pmemd.tables import build_tables
+from pmemd.daemon.tables import build_tables
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "example.toml"
 PACKAGED_CONFIG = Path(__file__).resolve().parent / "data" / "example.toml"  # the same file, in the wheel

@@ -18,9 +18,9 @@ import structlog
 import trio
 
 from pmemd.config import Config
-from pmemd.dmacpi import BLOB_ALIGN, BUFFER_KEYS, PAGE_SIZE, Buffer, dm_acpi_path, standard_blobs
-from pmemd.state_key import guest_read_only
-from pmemd.tables import build_tables
+from pmemd.daemon.dmacpi import BLOB_ALIGN, BUFFER_KEYS, PAGE_SIZE, Buffer, dm_acpi_path, standard_blobs
+from pmemd.daemon.state_key import guest_read_only
+from pmemd.daemon.tables import build_tables
 from pmemd.xenstore import NoEntryError, Transaction, XenstoreClient, open_client
 from pmemd.xenstore.wire import domain_path
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
-from pmemd.xen.sim_client import SimDeviceModel
+from pmemd.sim.client.device_model import SimDeviceModel
 
 MiB = 1 << 20
 

@@ -36,7 +36,7 @@ from pmemd.dsm.root_layouts import (
     InjectInput,
     TranslateSpaOutput,
 )
-from pmemd.dsm.scrubber import ScrubCompleted, run_scrubber
+from pmemd.daemon.scrubber import ScrubCompleted, run_scrubber
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -89,7 +89,7 @@ def guest(rate: float = RATE) -> Guest:
     config = two_dimm_config()
     clock = FakeClock()
     media = MediaErrors.create(rate=rate, now=clock)
-    return Guest(build_dispatcher(config, {}, media=media), clock, config)
+    return Guest(build_dispatcher(config, {}, media=media).dispatcher, clock, config)
 
 
 def rng(address: int, length: int) -> bytes:
@@ -427,7 +427,7 @@ async def test_scrubber_reports_each_scrub_when_it_completes(autojump_clock: tri
     """`autojump_clock` is pytest-trio's MockClock(autojump_threshold=0): the sweep takes no real time."""
     config = two_dimm_config()
     media = MediaErrors.create(rate=RATE, now=trio.current_time)
-    dispatcher = build_dispatcher(config, {}, media=media)
+    dispatcher = build_dispatcher(config, {}, media=media).dispatcher
     send, receive = trio.open_memory_channel[ScrubCompleted](10)
     base, size = config.nvdimms[0].address, config.nvdimms[0].pmem_size
     inject_error(dispatcher.target(ROOT).device, base, 512)
@@ -444,7 +444,7 @@ async def test_scrubber_reports_each_scrub_when_it_completes(autojump_clock: tri
 async def test_scrubber_settles_the_scrub_before_the_guest_asks(autojump_clock: trio.testing.MockClock) -> None:
     config = two_dimm_config()
     media = MediaErrors.create(rate=RATE, now=trio.current_time)
-    dispatcher = build_dispatcher(config, {}, media=media)
+    dispatcher = build_dispatcher(config, {}, media=media).dispatcher
     send, receive = trio.open_memory_channel[ScrubCompleted](10)
     base, size = config.nvdimms[0].address, config.nvdimms[0].pmem_size
     async with trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ import pytest
 from acpi.nfit import parse_nfit
 from acpi.table import parse_table
 from pmemd import config
-from pmemd.tables import build_tables
+from pmemd.daemon.tables import build_tables
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "pmemd"

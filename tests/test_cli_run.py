@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pmemd.lifecycle import SystemdNotifier
+from pmemd.process.lifecycle import SystemdNotifier
 from tests.daemon_process import MiB, run_cli, start_daemon, write_config
 
 
@@ -117,7 +117,7 @@ def test_without_notify_socket_readiness_is_a_no_op(monkeypatch):
 
 
 async def test_qmp_health_reports_the_running_daemon(sim, tmp_path):
-    from pmemd.daemon import STEPS
+    from pmemd.daemon.steps import STEPS
 
     if "qmp" not in dict(STEPS):
         pytest.skip("the daemon has no QMP step yet")

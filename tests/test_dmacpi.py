@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from acpi.table import finish_table
-from pmemd.dmacpi import (
+from pmemd.daemon.dmacpi import (
     MAX_ENTRIES,
     TYPE_DEVICE_BODY,
     TYPE_TABLE,
@@ -20,7 +20,7 @@ from pmemd.dmacpi import (
     standard_blobs,
     unpublish,
 )
-from pmemd.tables import build_tables
+from pmemd.daemon.tables import build_tables
 from pmemd.xenstore import Access, AccessDeniedError, Perm
 from tests.xs_host import GUEST, Host, host, require_xenstore_tools, tool  # noqa: F401 - fixture
 

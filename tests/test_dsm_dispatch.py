@@ -47,7 +47,7 @@ def guest_config(*label_sizes: int) -> Config:
 
 def labelled_dispatcher() -> Dispatcher:
     """Slot 0 with a label area, slot 1 without."""
-    return build_dispatcher(guest_config(LABEL_SIZE, 0), {0: MemoryLabelStore(LABEL_SIZE)})
+    return build_dispatcher(guest_config(LABEL_SIZE, 0), {0: MemoryLabelStore(LABEL_SIZE)}).dispatcher
 
 
 def status_of(reply: bytes) -> int:
@@ -380,7 +380,7 @@ def test_random_page_bytes_get_a_well_formed_reply(page: bytes) -> None:
 def test_dispatch_modules_import_neither_trio_nor_the_file_store() -> None:
     code = (
         "import sys, pmemd.dsm.build, pmemd.dsm.dispatcher\n"
-        "print(sorted(m for m in ('trio', 'pmemd.dsm.label_file') if m in sys.modules))"
+        "print(sorted(m for m in ('trio', 'pmemd.daemon.label_file') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

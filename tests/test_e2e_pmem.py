@@ -20,14 +20,15 @@ import pytest
 import trio
 
 from pmemd import config as configmod
-from pmemd.daemon import Guest, serve_guest
+from pmemd.daemon.guest import Guest
+from pmemd.daemon.serve import serve_guest
 from pmemd.ioreq.abi import IOREQ_READ, IOREQ_WRITE
 from pmemd.sim.hv_pmem import PmemRegion
 from pmemd.storage import BackingRefused, FrameRefused, LayoutMoved, LockHeld, record_layout
 from pmemd.storage.testing import fiemap_unsupported, make_fragmented, page_stamp
-from pmemd.xen import wire
+from pmemd.sim import wire
 from pmemd.xen.errors import HypervisorError
-from pmemd.xen.guest import GuestConnection
+from pmemd.sim.client.vcpu import GuestConnection
 
 P = 4096
 MiB = 1 << 20

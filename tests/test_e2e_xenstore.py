@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from acpi.nfit import TYPE_SPA, parse_nfit
-from pmemd.dmacpi import dm_acpi_path
-from pmemd.state_key import state_dir, state_path, wait_state
+from pmemd.daemon.dmacpi import dm_acpi_path
+from pmemd.daemon.state_key import state_dir, state_key_path, wait_state
 from pmemd.xenstore import open_client
 from tests.acpica import decompile
 from tests.xs_host import require_xenstore_tools, tool
@@ -98,7 +98,7 @@ async def test_the_guest_boots_with_the_configured_nvdimms(setup: Setup) -> None
                                    f'{root}/length = "{created["dm_acpi"]["length"]}"']
             assert [line.split(" = ")[0] for line in listing[2:]] == [
                 f"{root}/{name}{key}" for name in ("NFIT", "NVDR", "NVEV") for key in ("", "/type", "/offset", "/length")]
-            assert (await tool(setup.xs, "xenstore-read", state_path(DOMID))).stdout == b"running\n"
+            assert (await tool(setup.xs, "xenstore-read", state_key_path(DOMID))).stdout == b"running\n"
 
             assert (await pmemd("domain", "unpause", "--config", str(setup.config)))["state"] == "running"
             out = setup.dir / "acpi" / f"dom{DOMID}"

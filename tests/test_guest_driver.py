@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from pmemd.xen.control import DomainControl
+from pmemd.sim.client.control import DomainControl
 
 DOMID = 4
 

@@ -24,9 +24,9 @@ from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID
 from pmemd.config import Config, from_mapping
 from pmemd.ioreq.abi import IOREQ_WRITE
 from pmemd.sim.guest_driver import Guest
-from pmemd.tables import build_tables
-from pmemd.xen import wire
-from pmemd.xen.guest import AccessResult
+from pmemd.daemon.tables import build_tables
+from pmemd.sim import wire
+from pmemd.sim.client.vcpu import AccessResult
 from tests.acpiexec import AcpiExec, package_arg, require_acpiexec, uuid_arg
 
 MiB = 1 << 20

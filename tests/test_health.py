@@ -248,7 +248,7 @@ def linux_dimm_family_mask(config: Config) -> int:
     SSDT passes only the DIMM's own family GUID to the daemon and answers Buffer{0} for any
     other. `__nd_ioctl` refuses an ND_CMD_CALL whose family is not in this mask with EINVAL.
     """
-    dispatcher = build_dispatcher(config, {})
+    dispatcher = build_dispatcher(config, {}).dispatcher
     mask = 0
     for d in sorted(config.nvdimms, key=lambda d: slot_to_handle(d.slot)):
         mask &= ~INTEL_BIT

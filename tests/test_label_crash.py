@@ -17,7 +17,7 @@ import pytest
 import structlog
 from construct import Int32ul
 
-from pmemd.dsm.label_file import FileLabelStore, LabelStoreFailed, journal_path
+from pmemd.daemon.label_file import FileLabelStore, LabelStoreFailed, journal_path
 from pmemd.dsm.labels import MAX_LABEL_TRANSFER
 
 MiB = 1 << 20
@@ -181,7 +181,7 @@ def test_failed_write_refuses_further_calls_until_reopened(backing: Path, monkey
 
 WRITER = """
 import sys
-from pmemd.dsm.label_file import FileLabelStore
+from pmemd.daemon.label_file import FileLabelStore
 from construct import Int32ul
 
 path, start, size, chunk, chunks, generation = sys.argv[1], *map(int, sys.argv[2:])

@@ -18,7 +18,7 @@ from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.call import Status
 from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.dispatcher import Dispatcher
-from pmemd.dsm.label_file import FileLabelStore, JournalHeader, journal_path, open_label_stores
+from pmemd.daemon.label_file import FileLabelStore, JournalHeader, journal_path, open_label_stores
 from pmemd.dsm.label_store import LabelStore, MemoryLabelStore
 from pmemd.dsm.labels import MAX_LABEL_TRANSFER
 from pmemd.dsm.page import decode_reply, encode_request
@@ -36,7 +36,7 @@ def config(backing: Path = Path("/nonexistent/nv0.img"), label_size: int = LABEL
 
 
 def dispatcher_with(store: LabelStore | None) -> Dispatcher:
-    return build_dispatcher(config(), {} if store is None else {0: store})
+    return build_dispatcher(config(), {} if store is None else {0: store}).dispatcher
 
 
 def label_range(offset: int, length: int) -> bytes:
@@ -253,7 +253,7 @@ def backing(tmp_path: Path) -> Path:
 def file_dispatcher(backing: Path) -> Iterator[Dispatcher]:
     cfg = config(backing)
     with contextlib.ExitStack() as stack:
-        yield build_dispatcher(cfg, open_label_stores(cfg, stack))
+        yield build_dispatcher(cfg, open_label_stores(cfg, stack)).dispatcher
 
 
 def test_file_labels_are_the_last_label_size_bytes_of_the_backing(file_dispatcher: Dispatcher, backing: Path) -> None:
@@ -316,7 +316,7 @@ def test_read_only_backing_file_answers_label_writes_not_supported(backing: Path
     with read_only(backing):
         cfg = config(backing)
         with contextlib.ExitStack() as stack:
-            dispatcher = build_dispatcher(cfg, open_label_stores(cfg, stack))
+            dispatcher = build_dispatcher(cfg, open_label_stores(cfg, stack)).dispatcher
             assert write(dispatcher, 0, pattern(8)) == Status.NOT_SUPPORTED
             assert read(dispatcher, 0, 8) == (Status.SUCCESS, bytes(8))
 

@@ -14,8 +14,10 @@ import pytest
 import trio
 
 from pmemd import config as configmod
-from pmemd.daemon import STEPS, Guest, serve_guest
-from pmemd.pidfile import is_locked
+from pmemd.daemon.guest import Guest
+from pmemd.daemon.serve import serve_guest
+from pmemd.daemon.steps import STEPS
+from pmemd.process.pidfile import is_locked
 from tests.daemon_process import MiB, run_cli, start_daemon, write_config
 
 DOMID = 9
@@ -182,7 +184,7 @@ async def guest_calls(config: Path, script: list[dict]) -> list[dict]:
 
 
 async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_config, tmp_path):
-    pytest.importorskip("pmemd.savefile")
+    pytest.importorskip("pmemd.daemon.savefile")
     saved = tmp_path / "state.sav"
     address = configmod.load(guest_config).nvdimms[0].address
     async with start_daemon(tmp_path, "--config", str(guest_config), "--save", str(saved), name="first") as first:
@@ -206,7 +208,7 @@ async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_conf
 
 
 async def test_resuming_a_corrupt_save_file_exits_1_and_leaves_nothing(sim, guest_config, tmp_path):
-    pytest.importorskip("pmemd.savefile")
+    pytest.importorskip("pmemd.daemon.savefile")
     bad = tmp_path / "state.sav"
     bad.write_bytes(b"PMEMDSAV" + bytes(64))
     result = await run_cli("run", "--config", str(guest_config), "--resume", str(bad))

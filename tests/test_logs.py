@@ -8,9 +8,9 @@ import json
 import pytest
 import structlog
 
-from pmemd import logs
+from pmemd.process import logs
 from pmemd.config import DsmConfig
-from pmemd.dsm_device import DsmPageDevice
+from pmemd.daemon.frontends.xen_page import DsmPageDevice
 
 
 class Clock:

@@ -36,7 +36,7 @@ from acpi.nfit import (
 from acpi.table import HEADER_SIZE, finish_table
 from pmemd import config
 from pmemd.config import Config
-from pmemd.tables import build_tables, dimms
+from pmemd.daemon.tables import build_tables, dimms
 from tests.acpica import AcpicaError, Field, compile_asl, decompile, fields, parse_data_table
 
 GiB = 1 << 30

@@ -8,9 +8,9 @@ import trio
 
 from pmemd.ioreq.abi import IOREQ_READ, IOREQ_WRITE
 from pmemd.sim.hv_platform import EHWPOISON
-from pmemd.xen import platform_page, wire
+from pmemd.sim import platform_page, wire
 from pmemd.xen.errors import HypervisorError
-from pmemd.xen.guest import GuestConnection
+from pmemd.sim.client.vcpu import GuestConnection
 
 NVDIMM = 0x1_0000_0000  # beyond guest RAM: a guest read goes through the simulator
 

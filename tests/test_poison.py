@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pmemd.dsm.badblocks import parse_badblocks, translate_badblocks
 from pmemd.dsm.media import MediaErrors
-from pmemd.dsm.persist import guest_state_bytes, read_state_file, restore_guest_state, write_state_file
+from pmemd.daemon.state_file import load_state_file
+from pmemd.dsm.guest_state import guest_state_bytes, restore_guest_state, state_file_bytes
 from pmemd.dsm.poison import PoisonBodyV1, PoisonLimitError, PoisonSet
 from pmemd.dsm.state_blob import StateFormatError, wrap
 from tests.test_ars import guest
@@ -172,52 +172,34 @@ def test_media_state_round_trips_poison_and_injected_ranges() -> None:
     assert (restored.poison, restored.injected) == (g.root.media.poison, g.root.media.injected)
 
 
-def test_guest_state_file_round_trips_media_and_health(tmp_path: Path) -> None:
+def test_guest_state_round_trips_media_and_health() -> None:
     g = guest()
     base, _ = g.spa()
     g.root.media.poison.add(base, 512)
     dimm = g.dispatcher.target(1).device
     dimm.health.dirty_shutdown()
-    write_state_file(tmp_path / "state", guest_state_bytes(g.root, [dimm]))
+    blob = guest_state_bytes(g.root, [dimm])
 
     fresh = guest()
     fresh_dimm = fresh.dispatcher.target(1).device
-    blob = read_state_file(tmp_path / "state")
-    assert blob is not None
     restore_guest_state(blob, fresh.root, [fresh_dimm])
     assert list(fresh.root.media.poison) == [(base, 512)]
     assert fresh_dimm.health == dimm.health
 
 
-def test_a_missing_state_file_reads_as_none(tmp_path: Path) -> None:
-    assert read_state_file(tmp_path / "absent") is None
+def test_a_state_file_restores_the_devices_and_its_running_marker(tmp_path: Path) -> None:
+    g = guest()
+    base, _ = g.spa()
+    g.root.media.poison.add(base, 512)
+    dimm = g.dispatcher.target(1).device
+    (tmp_path / "state").write_bytes(state_file_bytes(g.root, [dimm], running=True))
+
+    fresh = guest()
+    saved = load_state_file(tmp_path / "state", fresh.root, [fresh.dispatcher.target(1).device])
+    assert saved is not None and saved.running
+    assert list(fresh.root.media.poison) == [(base, 512)]
 
 
-# Host bad blocks.
-
-
-def test_badblocks_lines_parse_to_sector_ranges() -> None:
-    assert list(parse_badblocks(["8 2\n", "\n", "100 1"])) == [(8, 2), (100, 1)]
-
-
-@pytest.mark.parametrize("line", ["8", "8 2 3", "x 2", "8 -1", "8 0"])
-def test_malformed_badblocks_lines_are_rejected(line: str) -> None:
-    with pytest.raises(ValueError, match="line 1"):
-        list(parse_badblocks([line]))
-
-
-def test_bad_sectors_map_through_the_mapper_and_coalesce() -> None:
-    result = translate_badblocks(["8 3"], lambda offset: 0x1_0000_0000 + offset)
-    assert result.ranges == ((0x1_0000_0000 + 8 * 512, 3 * 512),)
-
-
-def test_bad_sectors_split_where_the_mapping_is_discontiguous() -> None:
-    def mapper(offset: int) -> int:
-        return 0x1000_0000 + offset if offset < 4096 else 0x2000_0000 + offset
-
-    assert translate_badblocks(["7 2"], mapper).ranges == ((0x1000_0000 + 7 * 512, 512), (0x2000_0000 + 4096, 512))
-
-
-def test_bad_sectors_the_guest_does_not_see_are_counted_as_unmapped() -> None:
-    result = translate_badblocks(["0 4"], lambda offset: offset if offset >= 1024 else None)
-    assert (result.ranges, result.unmapped_sectors) == (((1024, 1024),), 2)
+def test_a_missing_state_file_restores_nothing(tmp_path: Path) -> None:
+    g = guest()
+    assert load_state_file(tmp_path / "absent", g.root, []) is None

@@ -18,7 +18,7 @@ import trio.testing
 from acpi.doorbell import DONE_OFFSET, TICKET_OFFSET
 from acpi.dsm_buffer import PAGE_SIZE
 from pmemd.config import Config, ConfigError, from_mapping
-from pmemd.daemon import serve_guest
+from pmemd.daemon.serve import serve_guest
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.label_store import MemoryLabelStore
 from pmemd.dsm.page import decode_reply, encode_request
@@ -139,7 +139,7 @@ async def test_ram_file_too_small_for_the_page_fails_setup(tmp_path: Path) -> No
 
 
 def family_dispatcher(tmp_path: Path, family: str):
-    return build_dispatcher(qemu_config(tmp_path, family=family), {0: MemoryLabelStore(LABELS)})
+    return build_dispatcher(qemu_config(tmp_path, family=family), {0: MemoryLabelStore(LABELS)}).dispatcher
 
 
 @pytest.mark.parametrize("family", ["hyperv", "msft", "hpe1"])

@@ -12,10 +12,9 @@ import trio
 from qemu.qmp import ExecuteError
 
 from pmemd import config as configmod
-from pmemd.daemon import serve_guest
-from pmemd.lifecycle import RunOptions
+from pmemd.daemon.serve import serve_guest
+from pmemd.daemon.guest import RunOptions
 from pmemd.qmp.registry import COMMANDS
-from pmemd.qmp.service import guest_devices
 from pmemd.sim.guest_driver import Guest as GuestDriver
 from tests.qmp_harness import MiB, connect, write_guest_config
 
@@ -244,7 +243,7 @@ async def test_a_daemon_started_paused_reads_prelaunch_and_serves_the_guest_only
 
 
 async def test_the_guest_has_one_scrubber_whose_completions_reach_qmp(guest, qmp):
-    root, _ = guest_devices(guest)
+    root = guest.handlers.root
     assert len(root.media.scrub_listeners) == 1  # dsm-handlers' scrubber, shared with QMP
     started = await qmp.execute("pmemd-start-scrub", {"slot": 0})
     assert (await qmp.event("PMEMD_SCRUB_COMPLETED"))["data"]["seq"] == started["seq"]

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from pmemd import config as configmod
-from pmemd.daemon import serve_guest
+from pmemd.daemon.serve import serve_guest
 from pmemd.qmp.protocol import MAX_MESSAGE
 from pmemd.qmp.server import MAX_CLIENTS, OUTBOX
 from tests.qmp_harness import MiB, connect, write_guest_config

@@ -14,14 +14,14 @@ from qemu.qmp import ExecuteError
 
 from acpi.dsm_buffer import ROOT_HANDLE
 from pmemd import config as configmod
-from pmemd import savefile
-from pmemd.daemon import serve_guest
+from pmemd.daemon import savefile
+from pmemd.daemon.serve import serve_guest
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.inject import inject_error
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.root_layouts import ARS_TYPE_PERSISTENT
-from pmemd.savefile import SaveFileError
+from pmemd.daemon.savefile import SaveFileError
 from tests.qmp_harness import MiB, connect, write_guest_config
 
 
@@ -34,7 +34,7 @@ class Clock:
 
 
 def devices(cfg: configmod.Config, clock: Clock | None = None):
-    dispatcher = build_dispatcher(cfg, {}, media=MediaErrors.create(now=clock or Clock()))
+    dispatcher = build_dispatcher(cfg, {}, media=MediaErrors.create(now=clock or Clock())).dispatcher
     root = dispatcher.target(ROOT_HANDLE).device
     dimms = [dispatcher.target(slot_to_handle(d.slot)).device for d in cfg.nvdimms]
     return root, dimms

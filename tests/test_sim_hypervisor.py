@@ -13,9 +13,9 @@ from pmemd.ioreq import abi
 from pmemd.ioreq.device import IoRange
 from pmemd.ioreq.machine import IoRequest
 from pmemd.ioreq.server import IoreqServer
-from pmemd.xen.control import DomainControl
+from pmemd.sim.client.control import DomainControl
 from pmemd.xen.errors import DomainCrashed, HypervisorError
-from pmemd.xen.guest import GuestConnection
+from pmemd.sim.client.vcpu import GuestConnection
 
 MMIO_BASE = 0xF000_0000
 
@@ -375,7 +375,7 @@ async def test_closing_the_device_model_connection_destroys_its_servers(sim):
 
 
 def test_wire_access_structs_agree_with_their_construct_declarations():
-    from pmemd.xen import wire
+    from pmemd.sim import wire
     body = wire.GuestAccess.build(dict(space=1, dir=1, size=8, flags=3, count=2, addr=0x1234, data=0x5678))
     assert wire.ACCESS_STRUCT.unpack(body) == (1, 1, 8, 3, 2, 0x1234, 0x5678)
     reply = wire.AccessReply.build(dict(status=-3, trapped=1, data=0xABCD))

@@ -255,7 +255,7 @@ def test_a_host_pmem_file_describes_regions(tmp_path: Path) -> None:
 
 
 async def test_pmemd_sim_loads_its_host_pmem_file(tmp_path: Path) -> None:
-    from pmemd.xen._sync import SyncClient
+    from pmemd.sim.client.sync import SyncClient
 
     host = tmp_path / "host.toml"
     host.write_text(f'[[region]]\ndevice = "sim0"\nspa_base = {SPA}\ndata = [{SPA}, {SPA + MiB}]\n')

@@ -10,13 +10,13 @@ from typing import AsyncIterator
 import pytest
 import trio
 
-from pmemd import daemon
-from pmemd.dmacpi import Buffer, DmAcpiError, dm_acpi_path
-from pmemd.state_key import error_code_path, state_dir, state_path, wait_state
+from pmemd.daemon import steps as daemon
+from pmemd.daemon.dmacpi import Buffer, DmAcpiError, dm_acpi_path
+from pmemd.daemon.state_key import error_code_path, state_dir, state_key_path, wait_state
 from pmemd.xenstore import Access, AccessDeniedError, NoEntryError, Perm
 from tests.xs_host import GUEST, Daemon, Host, host, require_xenstore_tools, tool, tool_env  # noqa: F401 - fixture
 
-STATE = state_path(GUEST)
+STATE = state_key_path(GUEST)
 ERROR_CODE = error_code_path(GUEST)
 ROOT = dm_acpi_path(GUEST)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from pmemd import config as configmod
-from pmemd.dmacpi import PAGE_SIZE, dm_acpi_path, standard_blobs
-from pmemd.state_key import guest_read_only
-from pmemd.tables import build_tables
+from pmemd.daemon.dmacpi import PAGE_SIZE, dm_acpi_path, standard_blobs
+from pmemd.daemon.state_key import guest_read_only
+from pmemd.daemon.tables import build_tables
 from pmemd.toolstack import ToolstackError, destroy_domain_keys, dm_acpi_size, reserve_dm_acpi
 from tests.xs_host import GUEST, Host, host  # noqa: F401 - fixture
 

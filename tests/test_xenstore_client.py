@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from pmemd.sim.xenstored import Quotas, Store, serve_xenstored
+from pmemd.xenstored.server import Quotas, Store, serve_xenstored
 from pmemd.xenstore import (
     Access,
     AccessDeniedError,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from pmemd.sim.xenstored import Store, serve_xenstored
+from pmemd.xenstored.server import Store, serve_xenstored
 from pmemd.xenstore import Access, NoEntryError, Perm, XenstoreClient, open_client
 
 GUEST = 5

@@ -21,13 +21,14 @@ import pytest
 import trio
 
 from pmemd import config as configmod
-from pmemd.daemon import Guest, serve_guest
-from pmemd.dmacpi import Buffer
+from pmemd.daemon.guest import Guest
+from pmemd.daemon.serve import serve_guest
+from pmemd.daemon.dmacpi import Buffer
 from pmemd.sim.hv_domain import Layout
 from pmemd.sim.hvmloader import Hvmloader, attach
 from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
-from pmemd.sim.xenstored import Store, serve_xenstored
-from pmemd.xen.sim_client import SimDeviceModel
+from pmemd.xenstored.server import Store, serve_xenstored
+from pmemd.sim.client.device_model import SimDeviceModel
 from pmemd.toolstack import create_domain_keys, reserve_dm_acpi
 from pmemd.xenstore import XenstoreClient, open_client
 

@@ -6,6 +6,7 @@ building the dispatcher itself is pure and tests can inject `MemoryLabelStore`s.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from acpi.dsm_buffer import ROOT_HANDLE
@@ -20,29 +21,39 @@ from .label_store import LabelStore
 from .media import MediaErrors
 
 
+@dataclass(frozen=True)
+class DsmHandlers:
+    """A guest's dispatcher and the devices behind its handles, looked up once."""
+
+    dispatcher: Dispatcher
+    root: Root
+    dimms: Mapping[int, Dimm]  # slot -> DIMM, in config order
+
+
 def build_dispatcher(
     config: Config,
     labels: Mapping[int, LabelStore],
     *,
     media: MediaErrors | None = None,
     health: Mapping[int, Health] | None = None,
-) -> Dispatcher:
+) -> DsmHandlers:
     """A dispatcher for `config`'s root and DIMMs; `labels` maps slot → label store.
 
     A DIMM missing from `labels` has no label area: functions 4-6 are neither advertised
     nor served for it. `media` (poison, scrub clock and rate) and `health` (slot → saved
-    health) carry state restored from a previous run; absent, they start fresh. The
-    devices are reachable afterwards as `dispatcher.target(handle).device`.
+    health) carry state restored from a previous run; absent, they start fresh.
     """
     root_table = nfit_root_functions()
     dimm_table = intel_dimm_functions()
     other_table = label_methods_dimm_functions()  # non-Intel families: labels via _LSx only
     root = Root(config.nvdimms) if media is None else Root(config.nvdimms, media)
     targets: dict[int, Target[Any]] = {ROOT_HANDLE: Target(root_table, root)}
+    dimms: dict[int, Dimm] = {}
     for nvdimm in config.nvdimms:
         dimm = Dimm(nvdimm, labels.get(nvdimm.slot))
         if health is not None and nvdimm.slot in health:
             dimm.health = health[nvdimm.slot]
         table = dimm_table if nvdimm.family == "intel" else other_table
         targets[slot_to_handle(nvdimm.slot)] = Target(table, dimm)
-    return Dispatcher(targets)
+        dimms[nvdimm.slot] = dimm
+    return DsmHandlers(Dispatcher(targets), root, dimms)

@@ -14,12 +14,14 @@ Routing, in order (status codes in `call.Status`):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Mapping
+from enum import IntEnum
+from typing import Any, Callable, Generic, Iterator, Mapping
 
 import structlog
 
-from pmemd import logs
+from pmemd.process import logs
 
 from .call import MAX_OUTPUT, Call, D, InvalidInput, Reply, Status
 from .functions import FunctionTable
@@ -38,13 +40,33 @@ class Target(Generic[D]):
     device: D
 
 
+Observer = Callable[[Call], None]
+Dispatch = Callable[[bytes], bytes]  # what a front end calls: `Dispatcher.dispatch`
+
+
+class Phase(IntEnum):
+    """When an observer runs after a call, in this order: watchers that only peek at device
+    state (QMP's notify watcher), then the effects that drain and publish it (`DsmEffects`)."""
+
+    WATCH = 0
+    EFFECTS = 1
+
+
 class Dispatcher:
     """Serves `_DSM` calls for a fixed set of targets, keyed by NFIT device handle."""
 
     def __init__(self, targets: Mapping[int, Target[Any]]) -> None:
         self._targets = dict(targets)
-        self.observers: list[Callable[[Call], None]] = []
-        """Run after each decoded call, before `dispatch` returns (side effects: notifies, poison)."""
+        self._observers: dict[Phase, list[Observer]] = {phase: [] for phase in Phase}
+
+    @contextlib.contextmanager
+    def observing(self, phase: Phase, observe: Observer) -> Iterator[None]:
+        """Run `observe` after each decoded call (before `dispatch` returns) while the block runs."""
+        self._observers[phase].append(observe)
+        try:
+            yield
+        finally:
+            self._observers[phase].remove(observe)
 
     def target(self, handle: int) -> Target[Any] | None:
         return self._targets.get(handle)
@@ -64,8 +86,9 @@ class Dispatcher:
                 return encode_mask(0)
             return encode_status(Status.INVALID_INPUT)
         reply = self.answer(call)
-        for observe in self.observers:
-            observe(call)
+        for phase in Phase:
+            for observe in self._observers[phase]:
+                observe(call)
         return reply
 
     def answer(self, call: Call) -> bytes:

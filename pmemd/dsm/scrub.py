@@ -123,3 +123,17 @@ def _sweep(poison: PoisonSet, scrub: Scrub, max_records: int) -> ScrubResult:
         stop if restart_length else 0,
         restart_length,
     )
+
+
+@dataclass(frozen=True)
+class ScrubCompleted:
+    """One scrub settled: the range it covered, what it found, whether the guest must restart it."""
+
+    seq: int
+    address: int
+    length: int
+    records: int
+    overflowed: bool
+    previous_data: bool
+    started_at: float
+    finished_at: float

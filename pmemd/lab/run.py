@@ -31,11 +31,12 @@ from typing import Any, TextIO
 import trio
 
 from acpi.doorbell import RESERVED_SIZE
-from pmemd import logs
+from pmemd.process import logs
 from pmemd.config import Config, ConfigError, from_mapping
-from pmemd.daemon import Guest, serve_guest
+from pmemd.daemon.guest import Guest
+from pmemd.daemon.serve import serve_guest
 from pmemd.lab.image import EXIT_MARKER, SCRIPT_FW_CFG, BootFiles
-from pmemd.tables import build_tables
+from pmemd.daemon.tables import build_tables
 
 QEMU = "qemu-system-x86_64"
 EXIT_TIMEOUT = 124

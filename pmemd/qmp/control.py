@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from pmemd.config import Config
 from pmemd.dsm.devices import Dimm, Root
@@ -31,6 +32,17 @@ class RunState(str, enum.Enum):
     SHUTDOWN = "shutdown"
 
 
+class DeviceStateFiles(Protocol):
+    """Where `xen-save-devices-state`/`xen-load-devices-state` write and read (the daemon's save file)."""
+
+    def save(self, path: Path) -> int:
+        """Write the devices' state to `path`; returns its size. Errors: OSError."""
+
+    def load(self, path: Path) -> tuple[int, int]:
+        """Load `path` into the devices; returns (format version, saved domid).
+        Errors: OSError, ValueError (a file that cannot be loaded; nothing changed)."""
+
+
 @dataclass
 class GuestControl:
     """The guest as its QMP commands see it."""
@@ -42,6 +54,7 @@ class GuestControl:
     set_serving: Callable[[bool], Awaitable[None]]  # enable/disable the ioreq server
     emit: Callable[[str, Mapping[str, Any] | None], None]  # broadcast an event to every client
     request_quit: Callable[[], None]  # end the daemon as SIGTERM would, after the reply is sent
+    state_files: DeviceStateFiles
     runstate: RunState = RunState.RUNNING
 
     def dimm(self, slot: int) -> Dimm:

@@ -19,7 +19,7 @@ import trio
 
 from pmemd.dsm.devices import Dimm, Root
 from pmemd.dsm.media import MediaErrors
-from pmemd.dsm.scrubber import ScrubCompleted, run_scrubber
+from pmemd.dsm.scrub import ScrubCompleted
 
 Emit = Callable[[str, Mapping[str, Any] | None], None]
 
@@ -56,14 +56,3 @@ class NotifyWatcher:
 def scrub_event(done: ScrubCompleted) -> dict[str, Any]:
     return {"seq": done.seq, "address": done.address, "length": done.length,
             "records": done.records, "overflowed": done.overflowed}
-
-
-async def pump_scrub_events(media: MediaErrors, emit: Emit, *,
-                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the scrubber and emit PMEMD_SCRUB_COMPLETED for each scrub it reports, until cancelled."""
-    send, receive = trio.open_memory_channel[ScrubCompleted](16)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_scrubber, media, send)
-        task_status.started()
-        async for done in receive:
-            emit("PMEMD_SCRUB_COMPLETED", scrub_event(done))

@@ -18,7 +18,6 @@ from typing import Any
 
 import structlog
 
-from pmemd import savefile
 
 from .control import GuestControl, RunState
 from .early import PACKAGE, QEMU_DIALECT, version_info  # noqa: F401  (the greeting's, shared)
@@ -100,7 +99,7 @@ def query_memory_devices(ctl: GuestControl) -> list[dict[str, Any]]:
 def xen_save_devices_state(ctl: GuestControl, filename: str, live: bool = False) -> dict[str, Any]:
     """Write the device state (poison, health, ARS) to `filename`; labels stay in the backing files."""
     try:
-        size = savefile.save(Path(filename), ctl.config, ctl.root, ctl.dimms.values())
+        size = ctl.state_files.save(Path(filename))
     except OSError as e:
         raise QmpError(f"failed to save device state to '{filename}': {e.strerror or e}") from None
     log.info("device state saved", file=filename, bytes=size, live=live)
@@ -113,11 +112,11 @@ def xen_load_devices_state(ctl: GuestControl, filename: str) -> dict[str, Any]:
     if ctl.runstate is RunState.RUNNING:
         raise QmpError("Cannot update device state while vm is running")
     try:
-        saved = savefile.load(Path(filename), ctl.config, ctl.root, ctl.dimms.values())
+        version, saved_domid = ctl.state_files.load(Path(filename))
     except OSError as e:
         raise QmpError(f"failed to read device state from '{filename}': {e.strerror or e}") from None
-    except savefile.SaveFileError as e:
+    except ValueError as e:  # the save file's own refusals (SaveFileError)
         raise QmpError(f"'{filename}': {e}") from None
     ctl.runstate = RunState.PAUSED
-    log.info("device state loaded", file=filename, version=saved.version, saved_domid=saved.domid)
+    log.info("device state loaded", file=filename, version=version, saved_domid=saved_domid)
     return {}

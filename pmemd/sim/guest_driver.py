@@ -38,9 +38,9 @@ from acpi.dsm_buffer import DsmRequestHeader
 from pmemd.config import Config
 from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
 from pmemd.ioreq.abi import IOREQ_WRITE
-from pmemd.xen import wire
-from pmemd.xen._sync import SyncClient
-from pmemd.xen.guest import GuestConnection
+from pmemd.sim import wire
+from pmemd.sim.client.sync import SyncClient
+from pmemd.sim.client.vcpu import GuestConnection
 
 QWORD_MASK = (1 << 64) - 1
 MCE_VECTOR = 18  # #MC

@@ -1,6 +1,6 @@
 """Per-domain platform state the device model drives: pending GPEs and vMCE poison.
 
-Each domain's `SimPlatform` is a memfd holding a `pmemd.xen.platform_page` page, created on
+Each domain's `SimPlatform` is a memfd holding a `pmemd.sim.platform_page` page, created on
 first use: the device model maps it (op `platform_map`) and writes it while serving an access;
 the simulator reads it on the guest's side. A guest read overlapping a poisoned range fails
 with EHWPOISON — the machine check Xen would inject (vMCE) — instead of returning data;
@@ -16,7 +16,7 @@ import os
 from pmemd.ioreq import abi
 from pmemd.ioreq.machine import IoRequest
 from pmemd.sim.hv_domain import Domain
-from pmemd.xen import platform_page, wire
+from pmemd.sim import platform_page, wire
 from pmemd.xen.errors import HypervisorError
 
 EHWPOISON = getattr(errno, "EHWPOISON", 133)

@@ -34,7 +34,7 @@ import structlog
 
 from acpi.aml import Device, RawAml, Scope, definition_block_body
 from acpi.table import HEADER_SIZE, TableHeader, TableIds, checksum, finish_table
-from pmemd.dmacpi import (
+from pmemd.daemon.dmacpi import (
     BUFFER_KEYS,
     DEVICE_NAME_BLACKLIST,
     MAX_ENTRIES,
@@ -46,7 +46,7 @@ from pmemd.dmacpi import (
 )
 from pmemd.sim.hv_domain import Domain
 from pmemd.sim.hypervisor import Hypervisor
-from pmemd.sim.xenstore_store import Store
+from pmemd.xenstored.store import Store
 from pmemd.xenstore import XenstoreError
 
 log = structlog.get_logger("pmemd.sim.hvmloader")

@@ -2,7 +2,7 @@
 
 Run it in its own process (`pmemd sim --socket PATH` calls `serve_hypervisor`) or in
 the daemon's own trio run ("embedded": start `serve_hypervisor` in a nursery on a
-private socket path). Clients speak the frames of `pmemd.xen.wire`.
+private socket path). Clients speak the frames of `pmemd.sim.wire`.
 
 Requests (JSON, `op` plus arguments; every reply is `{"ok": true, ...}` or an errno):
 
@@ -56,7 +56,7 @@ from pmemd.sim.hv_domain import DESTROYED, PAUSED, RANGE_MMIO, RANGE_PORT, Domai
 from pmemd.sim.hv_evtchn import Binding, EvtchnHandle
 from pmemd.sim.hv_platform import Platforms
 from pmemd.sim.hv_pmem import HostPmem, PmemAccess, PmemRegion, populate_pmem_map
-from pmemd.xen import wire
+from pmemd.sim import wire
 from pmemd.xen.errors import HypervisorError, ProtocolError, error_reply
 
 log = structlog.get_logger("pmemd.sim.hypervisor")

@@ -1,3 +1,3 @@
-"""Hypervisor client library: the abstract interface the daemon codes against
-(`api`), its simulator implementation (`sim_client`), and the synchronous guest
-(`guest`) and domain-control (`control`) clients."""
+"""The hypervisor as the daemon sees it: the abstract interface (`api`), its errors
+(`errors`) and the backend factory (`backends`). Backends live elsewhere: the simulator's
+client in `pmemd.sim.client`."""

@@ -2,7 +2,7 @@
 
 One `DeviceModelHypervisor` is the daemon's view of its one guest: the
 libxendevicemodel calls (DMOPs, reference §1.6), `xenforeignmemory` mappings and
-`xenevtchn` handles. `pmemd.xen.sim_client` implements it over the simulator socket;
+`xenevtchn` handles. `pmemd.sim.client.device_model` implements it over the simulator socket;
 a real-Xen backend (ctypes over the three libraries) can slot in behind the same
 methods. Calls that may block are async; `EventChannel.notify` never blocks (it is
 an ioctl in libxenevtchn), so it is sync.

@@ -1,5 +1,5 @@
 """xenstore: the xs_wire.h protocol (sans-I/O, :mod:`.wire`), a trio client (:mod:`.client`)
-and the error tree (:mod:`.errors`). The embedded daemon lives in :mod:`pmemd.sim.xenstored`."""
+and the error tree (:mod:`.errors`). The embedded daemon lives in :mod:`pmemd.xenstored.server`."""
 
 from pmemd.xenstore.client import Transaction, WatchEvent, XenstoreClient, open_client
 from pmemd.xenstore.errors import (

@@ -25,7 +25,7 @@ import types
 
 DEFERRED_STDLIB = ("ssl", "hmac", "idna", "pdb", "asyncio", "statistics", "decimal", "unicodedata", "tokenize",
                    "bz2", "lzma", "tempfile")
-"""Imported at module level by trio, construct, structlog and pmemd.qemu_transport, used by
+"""Imported at module level by trio, construct, structlog and pmemd.daemon.frontends.qemu_doorbell, used by
 none of the `pmemd run` paths: TLS (trio), the debugger (construct's `Debugger`), asyncio
 loggers (structlog), the doorbell's latency summary (statistics, only logged at teardown)."""
 

@@ -7,30 +7,15 @@ events). It needs `MediaErrors.now` to be trio's clock (`trio.current_time`), so
 sleeps and the handlers' arithmetic agree; with another clock it still converges, re-checking
 after each sleep.
 
-Kept out of `build`/`families` imports, so the DSM core stays free of trio.
+The DSM core (`pmemd.dsm`) stays free of trio; this is its one task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import trio
 
-from .media import MediaErrors
-
-
-@dataclass(frozen=True)
-class ScrubCompleted:
-    """One scrub settled: the range it covered, what it found, whether the guest must restart it."""
-
-    seq: int
-    address: int
-    length: int
-    records: int
-    overflowed: bool
-    previous_data: bool
-    started_at: float
-    finished_at: float
+from pmemd.dsm.media import MediaErrors
+from pmemd.dsm.scrub import ScrubCompleted
 
 
 async def run_scrubber(

@@ -18,16 +18,13 @@ it ourselves); after an error it leaves ``error``/``error-code`` for the toolsta
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterable
+from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 import structlog
 import trio
 
 from pmemd.xenstore import Access, NoEntryError, Perm, XenstoreClient, XenstoreError
 from pmemd.xenstore.wire import domain_path
-
-if TYPE_CHECKING:
-    from pmemd.daemon import Guest
 
 log = structlog.get_logger("pmemd.state_key")
 
@@ -86,7 +83,7 @@ def state_dir(domid: int) -> str:
     return f"{domain_path(domid)}/pmemd"
 
 
-def state_path(domid: int) -> str:
+def state_key_path(domid: int) -> str:
     return f"{state_dir(domid)}/state"
 
 
@@ -123,11 +120,11 @@ async def write_state(xs: XenstoreClient, domid: int, state: str, code: str | No
         else:
             await tx.write(error_code_path(domid), code)
             await tx.set_perms(error_code_path(domid), perms)
-        await tx.write(state_path(domid), state)
-        await tx.set_perms(state_path(domid), perms)
+        await tx.write(state_key_path(domid), state)
+        await tx.set_perms(state_key_path(domid), perms)
 
     await xs.run_transaction(body)
-    log.info("state key", path=state_path(domid), state=state, **({"error_code": code} if code else {}))
+    log.info("state key", path=state_key_path(domid), state=state, **({"error_code": code} if code else {}))
 
 
 async def clear_state(xs: XenstoreClient, domid: int) -> None:
@@ -142,10 +139,10 @@ async def clear_state(xs: XenstoreClient, domid: int) -> None:
 async def wait_state(xs: XenstoreClient, domid: int, states: Iterable[str] = (RUNNING, ERROR)) -> str:
     """Wait (by watch, as the toolstack does) until the state is one of ``states``; return it."""
     wanted = set(states)
-    async with xs.watching(state_path(domid)) as events:
+    async with xs.watching(state_key_path(domid)) as events:
         async for _ in events:
             try:
-                state = (await xs.read(state_path(domid))).decode()
+                state = (await xs.read(state_key_path(domid))).decode()
             except NoEntryError:
                 continue
             if state in wanted:
@@ -153,33 +150,8 @@ async def wait_state(xs: XenstoreClient, domid: int, states: Iterable[str] = (RU
     raise XenstoreError("xenstore connection closed while waiting for the state key")
 
 
-def _only_cancelled(exc: BaseException) -> bool:
+def only_cancelled(exc: BaseException) -> bool:
+    """Whether `exc` is cancellation alone (a stop), not a failure with a cause to report."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[1] is None
     return isinstance(exc, trio.Cancelled)
-
-
-@contextlib.asynccontextmanager
-async def report_state(guest: Guest) -> AsyncIterator[None]:
-    """Daemon step (early): ``initialising`` now; on exit ``error`` + code, or keys removed."""
-    xs, domid = guest.xenstore, guest.config.domid
-    if xs is None:
-        yield
-        return
-    await write_state(xs, domid, INITIALISING)
-    try:
-        yield
-    except BaseException as exc:
-        if _only_cancelled(exc):
-            await cleanup("removing the state keys", lambda: clear_state(xs, domid))
-        else:
-            code = error_code(exc, guest.failed_step)
-            await cleanup("writing the error state", lambda: write_state(xs, domid, ERROR, code))
-        raise
-    await cleanup("removing the state keys", lambda: clear_state(xs, domid))
-
-
-async def report_running(guest: Guest) -> None:
-    """``running``: called once every setup step is in place, so the guest may be unpaused."""
-    if guest.xenstore is not None:
-        await write_state(guest.xenstore, guest.config.domid, RUNNING)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pmemd.xen._sync import SyncClient
+from pmemd.sim.client.sync import SyncClient
 from pmemd.xen.api import DomainInfo
 
 

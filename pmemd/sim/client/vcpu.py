@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 
 from pmemd.ioreq.abi import IOREQ_READ, IOREQ_WRITE
-from pmemd.xen import wire
-from pmemd.xen._sync import SyncClient
+from pmemd.sim import wire
+from pmemd.sim.client.sync import SyncClient
 from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
 
 FOUR_GIB = 1 << 32

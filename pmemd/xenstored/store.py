@@ -4,7 +4,7 @@
 detection, per-domain node counts for quotas) and the registered watches. :class:`Session` is one
 connection's protocol state -- which domain it acts as, its watches and open transactions -- and
 turns request :class:`~pmemd.xenstore.wire.Message` objects into replies and watch events passed to
-a ``send`` callback. The trio socket shell in :mod:`pmemd.sim.xenstored` only moves bytes.
+a ``send`` callback. The trio socket shell in :mod:`pmemd.xenstored.server` only moves bytes.
 
 Semantics follow C xenstored (tools/xenstored) where a choice was needed:
 

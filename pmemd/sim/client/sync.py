@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Any
 
-from pmemd.xen import wire
+from pmemd.sim import wire
 from pmemd.xen.errors import ProtocolError, raise_for_reply
 
 

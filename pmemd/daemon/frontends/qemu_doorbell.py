@@ -32,7 +32,7 @@ import trio
 from acpi import dsm_buffer as layout
 from acpi.doorbell import DONE_OFFSET, RESERVED_SIZE, TICKET_OFFSET
 from pmemd.config import DsmConfig
-from pmemd.dsm_device import Dispatch
+from pmemd.dsm.dispatcher import Dispatch
 
 log = structlog.get_logger("pmemd.qemu")
 

@@ -17,32 +17,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import structlog
 import trio
 
-if TYPE_CHECKING:
-    from pmemd.depriv import DeprivPlan
-    from pmemd.qmp.early import EarlyQmp
 
 log = structlog.get_logger("pmemd.lifecycle")
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SHUTDOWN_DEADLINE = 10.0  # seconds from the signal to the process's end
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What `pmemd run`'s lifecycle flags ask of the daemon beyond its config."""
-
-    depriv: DeprivPlan | None = None
-    save: Path | None = None  # write device state here on a clean stop
-    resume: Path | None = None  # load device state from here before serving
-    paused: bool = False  # QEMU's -S: QMP says "prelaunch" and the ioreq server waits for `cont`
-    early_qmp: EarlyQmp | None = None  # the QMP socket bound at exec (`pmemd.qmp.early`)
 
 
 class SystemdNotifier:
@@ -120,35 +104,3 @@ def run_until_signalled(main: Callable[[], Awaitable[None]], *, on_signal: Calla
 
     trio.run(supervise)
     return 0
-
-
-def qmp_status(path: str | os.PathLike[str], *, timeout: float = 5.0) -> dict[str, object]:
-    """One QMP exchange as a health check would make it: greeting, `qmp_capabilities`,
-    `query-status`; returns the status reply's `return`. Blocking and stdlib-only, so a
-    container HEALTHCHECK starts fast. Errors: `OSError` (no socket, timeout) or
-    `ValueError` (not QMP, or an error reply)."""
-    import json
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(os.fspath(path))
-        lines = sock.makefile("rwb")
-
-        def reply() -> dict[str, object]:
-            while True:
-                raw = lines.readline(1 << 20)
-                if not raw:
-                    raise ValueError("QMP connection closed")
-                message = json.loads(raw)
-                if "event" not in message:  # asynchronous events may come first
-                    return message
-
-        if "QMP" not in reply():
-            raise ValueError("no QMP greeting")
-        for command in ("qmp_capabilities", "query-status"):
-            lines.write(json.dumps({"execute": command}).encode() + b"\n")
-            lines.flush()
-            answer = reply()
-            if "return" not in answer:
-                raise ValueError(f"{command}: {answer.get('error', answer)}")
-        return answer["return"]  # type: ignore[return-value]

@@ -23,24 +23,20 @@ state key's ``error-code`` reports):
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Iterable
+from typing import Iterable
 
 import structlog
 
 from acpi.aml import Path as AmlPath
 from acpi.table import HEADER_SIZE, TableHeader
-from pmemd.state_key import cleanup, guest_read_only
-from pmemd.tables import Tables
+from pmemd.daemon.state_key import guest_read_only
+from pmemd.daemon.tables import Tables
 from pmemd.xen.api import DeviceModelHypervisor
 from pmemd.xen.errors import HypervisorError
 from pmemd.xenstore import NoEntryError, Transaction, XenstoreClient
 from pmemd.xenstore.wire import domain_path
-
-if TYPE_CHECKING:
-    from pmemd.daemon import Guest
 
 log = structlog.get_logger("pmemd.dmacpi")
 
@@ -285,24 +281,3 @@ async def unpublish(xs: XenstoreClient, domid: int, publication: Publication) ->
             await xs.rm(f"{root}/{entry.name}")
         except NoEntryError:
             pass
-
-
-@contextlib.asynccontextmanager
-async def publish_tables(guest: Guest) -> AsyncIterator[None]:
-    """Daemon step: publish the NFIT and NVDR body; remove the entries again on exit."""
-    if guest.xenstore is None or guest.config.xen.xenstore == "embedded":
-        log.warning("dm-acpi not published: an embedded xenstored has no toolstack to reserve the buffer")
-        yield
-        return
-    if not guest.config.nvdimms or guest.hv is None:
-        log.info("dm-acpi not published", reason="no NVDIMMs" if guest.hv else "no hypervisor (QEMU owns the tables)")
-        yield
-        return
-    publication = await publish(guest.xenstore, guest.hv, guest.config.domid, standard_blobs(guest.tables))
-    guest.publication = publication
-    try:
-        yield
-    finally:
-        guest.publication = None
-        xs, domid = guest.xenstore, guest.config.domid
-        await cleanup("removing the dm-acpi entries", lambda: unpublish(xs, domid, publication))

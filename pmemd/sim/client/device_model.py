@@ -10,11 +10,11 @@ from typing import Any, Sequence
 import trio
 
 from pmemd.ioreq import abi
-from pmemd.xen import wire
-from pmemd.xen import platform_page
+from pmemd.sim import wire
+from pmemd.sim import platform_page
 from pmemd.xen.api import DeviceModelHypervisor, DomainInfo, EventChannel, IoreqServerInfo, PlatformEvents
 from pmemd.xen.errors import ProtocolError, raise_for_reply
-from pmemd.xen.evtchn import SimEventChannel
+from pmemd.sim.client.evtchn import SimEventChannel
 
 
 class SimDeviceModel(DeviceModelHypervisor):
@@ -132,7 +132,7 @@ class SimDeviceModel(DeviceModelHypervisor):
 
 
 class SimPlatformEvents(PlatformEvents):
-    """The simulator's platform page (`pmemd.xen.platform_page`), written in place."""
+    """The simulator's platform page (`pmemd.sim.platform_page`), written in place."""
 
     def __init__(self, view: memoryview) -> None:
         self._view = view
@@ -153,3 +153,8 @@ class SimPlatformEvents(PlatformEvents):
         if self._writer is not None:
             self._writer = None
             self._view.release()
+
+
+async def connect(spec: str, domid: int) -> DeviceModelHypervisor:
+    """The `sim` backend of `pmemd.xen.backends`: `spec` is the simulator's socket path."""
+    return await SimDeviceModel.connect(spec, domid)

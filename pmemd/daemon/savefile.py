@@ -58,10 +58,11 @@ from pmemd.config import MAX_SLOTS, Config
 from pmemd.dsm.devices import Dimm, Root
 from pmemd.dsm.health import Health
 from pmemd.dsm.media import MediaErrors
-from pmemd.dsm.persist import write_state_file
 from pmemd.dsm.poison import PoisonSet
 from pmemd.dsm.scrub import Scrub, ScrubResult
 from pmemd.dsm.state_blob import StateFormatError
+
+from .atomic import replace_file
 
 MAGIC = b"PMEMDSAV"
 SAVE_VERSION = 2
@@ -150,7 +151,7 @@ def build(version: int, records: list[tuple[int, bytes]]) -> bytes:
 def save(path: Path, config: Config, root: Root, dimms: Iterable[Dimm]) -> int:
     """Write the save file atomically and durably (mode 0600); returns its size."""
     data = capture(config, root, dimms)
-    write_state_file(Path(path), data)
+    replace_file(Path(path), data)
     return len(data)
 
 
@@ -324,3 +325,17 @@ def _rebuild_scrub(s: Mapping[str, Any], now: float) -> Scrub:
             s["restart_address"], s["restart_length"],
         )
     return scrub
+
+
+class GuestStateFiles:
+    """One guest's devices as QMP's save/load commands reach them (`qmp.control.DeviceStateFiles`)."""
+
+    def __init__(self, config: Config, root: Root, dimms: Iterable[Dimm]) -> None:
+        self.config, self.root, self.dimms = config, root, list(dimms)
+
+    def save(self, path: Path) -> int:
+        return save(path, self.config, self.root, self.dimms)
+
+    def load(self, path: Path) -> tuple[int, int]:
+        saved = load(path, self.config, self.root, self.dimms)
+        return saved.version, saved.domid

@@ -2,8 +2,8 @@
 
 Debian's libxenstore (and so ``xenstore-read`` & co.) connects to it when ``XENSTORED_PATH``
 names the socket; it sends requests straight away, with no greeting. The semantics live in
-:mod:`pmemd.sim.xenstore_store` (sans-I/O); this module only pumps bytes between sockets and
-:class:`~pmemd.sim.xenstore_store.Session` objects.
+:mod:`pmemd.xenstored.store` (sans-I/O); this module only pumps bytes between sockets and
+:class:`~pmemd.xenstored.store.Session` objects.
 
 A listener acts as dom0 unless started with ``domid=N``: a second listener on the same
 :class:`Store` with ``domid=5`` is how an unmodified C tool is made to act as guest 5 (the
@@ -21,7 +21,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger as BoundLogger
 import trio
 
-from pmemd.sim.xenstore_store import (
+from pmemd.xenstored.store import (
     INTRODUCE_DOMAIN,
     PRIVILEGED_DOMID,
     RELEASE_DOMAIN,

@@ -1,11 +1,9 @@
-"""A guest's media and health state across daemon restarts: one blob, one file.
+"""A guest's media and health state as bytes: what outlives the daemon, with no I/O.
 
 The blob (kind b"GSTA") nests the root's MEDA blob and one HLTH blob per DIMM slot, each
 self-describing, so the lifecycle owner may embed the whole or the parts in its save files.
-`write_state_file` replaces the file atomically (temp file, fsync, rename, fsync of the
-directory): a crash leaves the old state or the new, never half of either.
 
-The daemon's own file (`save_state_file`/`load_state_file`, kind b"GFIL") wraps that blob
+The daemon's state file (kind b"GFIL", written by `pmemd.daemon.state_file`) wraps that blob
 with a marker: "running" from start-up until a clean stop. Finding it still "running" at the
 next start means the previous daemon died without stopping — a dirty shutdown, which the
 DIMMs' health counts.
@@ -13,9 +11,7 @@ DIMMs' health counts.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from construct import Array, GreedyBytes, Int8ul, Int16ul, Int32ul, Prefixed, Struct, Terminated, this
@@ -77,50 +73,20 @@ class SavedRun:
     """The previous daemon never recorded a clean stop (killed, crashed, host lost power)."""
 
 
-def save_state_file(path: Path, root: Root, dimms: Iterable[Dimm], *, running: bool) -> None:
-    """Write the guest's state with the clean-stop marker (`running` False only on a clean stop)."""
+def state_file_bytes(root: Root, dimms: Iterable[Dimm], *, running: bool) -> bytes:
+    """The state file's contents: the guest state and the clean-stop marker."""
     body = StateFileBodyV1.build({"running": int(running), "state": guest_state_bytes(root, dimms)})
-    write_state_file(path, wrap(FILE_KIND, FILE_VERSION, body))
+    return wrap(FILE_KIND, FILE_VERSION, body)
 
 
-def load_state_file(path: Path, root: Root, dimms: Iterable[Dimm]) -> SavedRun | None:
-    """Restore the devices from `path`; None (nothing changed) when there is no file yet.
+def restore_state_file(blob: bytes, root: Root, dimms: Iterable[Dimm]) -> SavedRun:
+    """Restore the devices from a state file's contents.
 
     Errors: `StateFormatError` for a corrupt or newer file (nothing changes then).
     """
-    blob = read_state_file(path)
-    if blob is None:
-        return None
     _, body = unwrap(FILE_KIND, FILE_VERSION, blob)
     parsed = parse_body(StateFileBodyV1, body)
     if parsed.running > 1:
         raise StateFormatError(f"state file marker {parsed.running} is neither 0 nor 1")
     restore_guest_state(parsed.state, root, dimms)
     return SavedRun(bool(parsed.running))
-
-
-def write_state_file(path: Path, blob: bytes) -> None:
-    """Atomically replace `path` with `blob`, durable once this returns."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_state_file(path: Path) -> bytes | None:
-    """The saved blob, or None when there is none yet (first start)."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None

@@ -6,23 +6,59 @@ RAM reached through a foreign mapping, and only the notify port traps. Either wa
 4-byte write to the notify port runs the call: the page is copied (the guest may keep
 writing while we work), the dispatcher answers the copy, and the reply is written back
 before the notify completes — so the guest's next read sees it.
+
+A 4-byte read of the notify port hands out the next guest event (`EventRegister`; the
+guest's `\\_SB.NVDR.NEVT` reads it after the GPE `DsmEffects` raises): bits 0-7 the notify
+value (0x81), bits 8-23 the NFIT handle (0 root, slot + 1 DIMM); 0 = nothing pending.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import structlog
 
 from acpi import dsm_buffer as layout
-from pmemd import logs
+from acpi.events import encode_event
+from pmemd.process import logs
 from pmemd.config import DsmConfig
+from pmemd.dsm.dispatcher import Dispatch
 from pmemd.ioreq.device import IoRange
 
 log = structlog.get_logger("pmemd.dsm")
 
-Dispatch = Callable[[bytes], bytes]
+class EventRegister:
+    """Notify events waiting for the guest, oldest first; each (handle, value) at most once.
+
+    Bounded by construction: one entry per target and value, so at most `capacity`.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._queue: deque[int] = deque()
+        self.posted = 0
+        self.read_out = 0
+
+    def post(self, handle: int, value: int) -> bool:
+        """Queue an event; False when the same one is already waiting (or the register is full)."""
+        event = encode_event(handle, value)
+        if event in self._queue or len(self._queue) >= self.capacity:
+            return False
+        self._queue.append(event)
+        self.posted += 1
+        return True
+
+    def read(self) -> int:
+        """The next event, removed; 0 when none waits."""
+        if not self._queue:
+            return 0
+        self.read_out += 1
+        return self._queue.popleft()
+
+    def __len__(self) -> int:
+        return len(self._queue)
 
 
 @dataclass
@@ -37,16 +73,19 @@ class DsmStatistics:
 class DsmPageDevice:
     """Serve the DSM page (`mmio` mode) and the notify port for one guest.
 
-    `ram_page`, required in `ram` mode, is a writable view of the page in guest RAM.
+    `ram_page`, required in `ram` mode, is a writable view of the page in guest RAM;
+    `events` is what notify-port reads hand out (none: they read as zero, as QEMU's do).
     """
 
-    def __init__(self, dsm: DsmConfig, dispatch: Dispatch, ram_page: memoryview | None = None) -> None:
+    def __init__(self, dsm: DsmConfig, dispatch: Dispatch, ram_page: memoryview | None = None, *,
+                 events: EventRegister | None = None) -> None:
         if dsm.mode == "ram" and (ram_page is None or len(ram_page) != layout.PAGE_SIZE):
             raise ValueError("ram mode needs a one-page view of the DSM page in guest RAM")
         self.dsm = dsm
         self.dispatch = dispatch
         self.page: bytearray | memoryview = ram_page if dsm.mode == "ram" else bytearray(layout.PAGE_SIZE)
         self.stats = DsmStatistics()
+        self.events = events if events is not None else EventRegister(0)
 
     def io_ranges(self) -> Sequence[IoRange]:
         port = self.dsm.notify_port
@@ -58,7 +97,9 @@ class DsmPageDevice:
     # -- notify port ---------------------------------------------------------------------
 
     def port_read(self, port: int, size: int) -> int:
-        """The notify register reads as zero, as QEMU's does."""
+        """A 4-byte notify-port read takes the next event (0: none); other reads see zero."""
+        if port == self.dsm.notify_port and size == layout.NOTIFY_WIDTH:
+            return self.events.read()
         return 0
 
     def port_write(self, port: int, size: int, value: int) -> None:

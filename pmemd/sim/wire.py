@@ -8,7 +8,7 @@ carries file descriptors (guest RAM, an ioreq page, an event-channel socket) say
 `"nfds": n` and the descriptors travel with SCM_RIGHTS on the frame's first byte.
 Guest accesses, the only frequent traffic on this socket, use fixed binary bodies
 (`GuestAccess`, `AccessReply`) instead of JSON. Event-channel notifications never
-use frames: they are raw 4-byte port numbers on a socketpair (see `pmemd.xen.evtchn`).
+use frames: they are raw 4-byte port numbers on a socketpair (see `pmemd.sim.client.evtchn`).
 
 `FrameDecoder` is the sans-I/O core; `SyncChannel` (stdlib sockets) and
 `AsyncChannel` (trio) are the thin shells both sides use.

@@ -47,6 +47,8 @@ from construct import Bytes, Const, ConstructError, Int32ul, Int64ul, Struct
 
 from pmemd.config import Config, NvdimmConfig
 
+from .atomic import fsync_directory, write_all
+
 log = structlog.get_logger()
 
 JOURNAL_SUFFIX = ".labels-journal"
@@ -142,9 +144,9 @@ class FileLabelStore:
         with self._lock:
             try:
                 header = _header(offset, data, self._start, self._size)
-                _pwrite_all(self._journal_fd, header + data, 0)
+                write_all(self._journal_fd, header + data, 0)
                 os.fdatasync(self._journal_fd)
-                _pwrite_all(self._fd, data, self._start + offset)
+                write_all(self._fd, data, self._start + offset)
                 os.fdatasync(self._fd)
                 self._clear_journal()
             except BaseException:
@@ -177,7 +179,7 @@ class FileLabelStore:
         try:
             try:
                 self._journal_fd = os.open(self.journal, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                _fsync_directory(self.journal.parent)
+                fsync_directory(self.journal.parent)
             except FileExistsError:
                 self._journal_fd = os.open(self.journal, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
@@ -191,7 +193,7 @@ class FileLabelStore:
         if record is None:
             return False
         offset, data = record
-        _pwrite_all(self._fd, data, self._start + offset)
+        write_all(self._fd, data, self._start + offset)
         os.fdatasync(self._fd)
         self._clear_journal()
         log.info("label write replayed from journal", backing=str(self.path), offset=offset, length=len(data))
@@ -223,7 +225,7 @@ class FileLabelStore:
 
     def _clear_journal(self) -> None:
         assert self._journal_fd is not None
-        _pwrite_all(self._journal_fd, bytes(len(JOURNAL_MAGIC)), 0)
+        write_all(self._journal_fd, bytes(len(JOURNAL_MAGIC)), 0)
 
 
 def open_label_stores(config: Config, stack: contextlib.ExitStack) -> dict[int, FileLabelStore]:
@@ -251,19 +253,3 @@ def _open_backing(path: Path) -> tuple[int, bool]:
         if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
-
-
-def _pwrite_all(fd: int, data: bytes, position: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, position)
-        view = view[written:]
-        position += written
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

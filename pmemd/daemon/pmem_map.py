@@ -13,16 +13,22 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import Iterator
 
 import structlog
 
-from pmemd.config import HostConfig, NvdimmConfig
-from pmemd.storage import BackingLock, BackingRefused, HostPmem, HostPmemError, discover, map_nvdimm, recorded_layout
+from pmemd.config import Config, HostConfig, NvdimmConfig
+from pmemd.storage import (
+    BackingLock,
+    BackingRefused,
+    HostPmem,
+    HostPmemError,
+    MapReport,
+    discover,
+    map_nvdimm,
+    recorded_layout,
+)
 from pmemd.xen.api import DeviceModelHypervisor
-
-if TYPE_CHECKING:
-    from pmemd.daemon import Guest
 
 log = structlog.get_logger("pmemd.pmem")
 
@@ -58,14 +64,13 @@ def _device_size(path: Path) -> int:
         ) from None
 
 
-@contextlib.asynccontextmanager
-async def lock_backing(guest: Guest) -> AsyncIterator[None]:
-    """An exclusive `BackingLock` on every backing file, held until the daemon stops.
+@contextlib.contextmanager
+def lock_backings(config: Config) -> Iterator[None]:
+    """An exclusive `BackingLock` on every backing file, held while the block runs.
 
     Without a `[host]` section nothing is mapped, so a backing file that does not exist
     yet is only warned about; with one, it is refused.
     """
-    config = guest.config
     with contextlib.ExitStack() as stack:
         for index, nvdimm in enumerate(config.nvdimms):
             if config.host is None and not nvdimm.backing.exists():
@@ -78,17 +83,17 @@ async def lock_backing(guest: Guest) -> AsyncIterator[None]:
         yield
 
 
-@contextlib.asynccontextmanager
-async def map_pmem(guest: Guest) -> AsyncIterator[None]:
-    """Populate every NVDIMM's guest PMEM range [address, address + pmem_size) from its file."""
-    config = guest.config
+async def map_all(config: Config, hv: DeviceModelHypervisor | None) -> dict[int, MapReport]:
+    """Populate every NVDIMM's guest PMEM range [address, address + pmem_size) from its file;
+    returns slot -> what was populated (empty without a `[host]` section)."""
+    reports: dict[int, MapReport] = {}
     if config.host is None:
         if config.nvdimms:
             log.warning("no [host] section: guest PMEM is not mapped", nvdimms=len(config.nvdimms))
-        yield
-        return
-    assert guest.hv is not None
-    sink = HypervisorSink(guest.hv)
+        return reports
+    if hv is None:
+        raise HostPmemError("[host] is set but there is no hypervisor to map guest PMEM with")
+    sink = HypervisorSink(hv)
     for index, nvdimm in enumerate(config.nvdimms):
         host = host_pmem(config.host, nvdimm)
         expected = recorded_layout(nvdimm.backing)
@@ -96,8 +101,8 @@ async def map_pmem(guest: Guest) -> AsyncIterator[None]:
             log.warning("no recorded layout (run `pmemd prepare`): mapping without re-verification",
                         nvdimm=index, backing=str(nvdimm.backing))
         report = await map_nvdimm(nvdimm, host, sink, expected_layout=expected)
-        guest.pmem_maps[nvdimm.slot] = report
+        reports[nvdimm.slot] = report
         log.info("pmem mapped", nvdimm=index, backing=str(nvdimm.backing), gpa=hex(nvdimm.address),
                  bytes=nvdimm.pmem_size, extents=report.extents, calls=report.calls, frames=report.frames,
                  verified=expected is not None)
-    yield
+    return reports

@@ -1,0 +1,1 @@
+"""The DSM front ends: the Xen DSM page device (ioreqs) and the QEMU doorbell."""

@@ -1,0 +1,1 @@
+"""Process plumbing: start-up, signals and readiness, pidfile, deprivileging, logs."""

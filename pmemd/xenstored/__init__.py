@@ -1,0 +1,1 @@
+"""An embedded xenstored speaking the real xs_wire.h protocol: a pure store and a trio socket shell."""
