@@ -16,7 +16,6 @@ import functools
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Union
 
 # ---------------------------------------------------------------------------------------
 # Opcodes (ACPI 6.5 §20.3)
@@ -89,7 +88,7 @@ class Term:
         raise NotImplementedError
 
 
-TermLike = Union[Term, int]
+TermLike = Term | int
 
 
 def encode_term(term: TermLike) -> bytes:

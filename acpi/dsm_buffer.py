@@ -22,8 +22,9 @@ SSDT builder and the simulated guest derive their accesses from.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 from construct import Bytes, Int32ul, Struct, Terminated, this
 

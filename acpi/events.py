@@ -21,7 +21,7 @@ all-ones, also taken as "no more") can keep the guest in its GPE handler.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from acpi import dsm_buffer as page
 from acpi.aml import (
@@ -34,8 +34,8 @@ from acpi.aml import (
     If,
     LEqual,
     LLess,
-    LOr,
     Local,
+    LOr,
     Method,
     Notify,
     Path,
@@ -44,8 +44,8 @@ from acpi.aml import (
     Store,
     TermLike,
     While,
+    definition_block_body,
 )
-from acpi.aml import definition_block_body
 from acpi.layout import device_name, nfit_handle
 from acpi.table import TableIds, finish_table
 

@@ -9,7 +9,7 @@ every memdev pointing at an existing control region, stable serials, unarmed →
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from construct import (
     Array,
@@ -27,7 +27,7 @@ from construct import (
     this,
 )
 
-from acpi.layout import Dimm, Persistence, PM_RANGE_GUID, dcr_index, nfit_handle, spa_index
+from acpi.layout import PM_RANGE_GUID, Dimm, Persistence, dcr_index, nfit_handle, spa_index
 from acpi.table import TableIds, finish_table, parse_table
 
 NFIT_REVISION = 1

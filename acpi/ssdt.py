@@ -24,15 +24,13 @@ through buffers, so it behaves the same under 32-bit (revision 1) and 64-bit tab
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from collections.abc import Iterable
 
 from acpi import dsm_buffer as page
-from acpi.doorbell import doorbell_objects, doorbell_ring
-from acpi.events import nevt_method
 from acpi.aml import (
-    QWORD_ACC,
     DWORD_ACC,
     PRESERVE,
+    QWORD_ACC,
     SYSTEM_IO,
     SYSTEM_MEMORY,
     TYPE_BUFFER,
@@ -56,8 +54,8 @@ from acpi.aml import (
     LGreater,
     LLess,
     LNotEqual,
-    LOr,
     Local,
+    LOr,
     Method,
     Mid,
     Name,
@@ -80,6 +78,8 @@ from acpi.aml import (
     Uuid,
     definition_block_body,
 )
+from acpi.doorbell import doorbell_objects, doorbell_ring
+from acpi.events import nevt_method
 from acpi.layout import ROOT_UUID, Dimm, DsmPage, device_name, nfit_handle
 from acpi.table import TableIds, finish_table
 
@@ -306,7 +306,7 @@ def _label_methods(handle: TermLike) -> list[Method]:
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dimm_methods(family: str) -> RawAml:
     """A DIMM's `_DSM` and label methods, encoded once per family.
 

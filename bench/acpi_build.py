@@ -17,7 +17,7 @@ import io
 import pstats
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from acpi.layout import Dimm, DsmPage
 from acpi.nfit import build_nfit
@@ -79,9 +79,9 @@ def main() -> int:
     results = {}
     for n in COUNTS:
         ds = dimms(n)
-        nfit_ms = median_ms(lambda: build_nfit(ds, "cpu"), args.runs)
-        ssdt_ms = median_ms(lambda: build_ssdt(ds, PAGE), args.runs)
-        both_ms = median_ms(lambda: (build_nfit(ds, "cpu"), build_ssdt(ds, PAGE)), args.runs)
+        nfit_ms = median_ms(lambda ds=ds: build_nfit(ds, "cpu"), args.runs)
+        ssdt_ms = median_ms(lambda ds=ds: build_ssdt(ds, PAGE), args.runs)
+        both_ms = median_ms(lambda ds=ds: (build_nfit(ds, "cpu"), build_ssdt(ds, PAGE)), args.runs)
         results[n] = both_ms
         print(
             f"{n:>6} {nfit_ms:>9.2f} {ssdt_ms:>9.2f} {both_ms:>9.2f} "

@@ -21,12 +21,12 @@ from construct import Int32ul
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pmemd.config import TiB, from_mapping  # noqa: E402
-from pmemd.dsm.build import build_dispatcher  # noqa: E402
-from pmemd.dsm.media import MediaErrors  # noqa: E402
-from pmemd.dsm.page import decode_reply, encode_request  # noqa: E402
-from pmemd.dsm.poison import PoisonSet  # noqa: E402
-from pmemd.dsm.root_layouts import (  # noqa: E402
+from pmemd.config import TiB, from_mapping
+from pmemd.dsm.build import build_dispatcher
+from pmemd.dsm.media import MediaErrors
+from pmemd.dsm.page import decode_reply, encode_request
+from pmemd.dsm.poison import PoisonSet
+from pmemd.dsm.root_layouts import (
     ARS_STATUS_BUSY,
     ARS_STATUS_INTERRUPTED,
     ArsStartInput,

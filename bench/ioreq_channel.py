@@ -27,9 +27,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pmemd.ioreq import abi  # noqa: E402
-from pmemd.ioreq.device import IoRange  # noqa: E402
-from pmemd.ioreq.machine import IoRequest  # noqa: E402
+from pmemd.ioreq import abi
+from pmemd.ioreq.device import IoRange
+from pmemd.ioreq.machine import IoRequest
 
 MMIO = 0xF000_0000
 DOMID = 1

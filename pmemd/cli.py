@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
@@ -108,10 +109,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import trio
 
-    from pmemd.process import logs
-    from pmemd.daemon.serve import serve_guest
-    from pmemd.process.depriv import DeprivError, DeprivPlan, unshare_namespaces
     from pmemd.daemon.guest import RunOptions
+    from pmemd.daemon.serve import serve_guest
+    from pmemd.process import logs
+    from pmemd.process.depriv import DeprivError, DeprivPlan, unshare_namespaces
     from pmemd.process.lifecycle import SystemdNotifier, run_until_signalled
     from pmemd.process.pidfile import PidfileError, pidfile
 
@@ -183,9 +184,8 @@ def _check_run_usage(args: argparse.Namespace) -> str | None:
 def cmd_domain(args: argparse.Namespace) -> int:
     """Do what the toolstack does with a simulated domain."""
     from pmemd.sim.client.control import DomainControl
-    from pmemd.xen.errors import HypervisorError
-
     from pmemd.toolstack import ToolstackError
+    from pmemd.xen.errors import HypervisorError
     from pmemd.xenstore import XenstoreError
 
     cfg = _load_config(args)
@@ -289,7 +289,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the main job on the embedded default config and print a readable report."""
-    from pmemd.demo import run_demo
+    from pmemd.sim.demo import run_demo
 
     return run_demo(args)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from acpi.dsm_buffer import DEFAULT_NOTIFY_PORT, NOTIFY_WIDTH, PAGE_SIZE
 from acpi.layout import DIMM_FAMILIES

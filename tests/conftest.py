@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
 from pmemd.sim.client.device_model import SimDeviceModel
+from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
 
 MiB = 1 << 20
 

@@ -16,9 +16,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PMEMD = [sys.executable, "-m", "pmemd.cli"]
@@ -122,7 +123,7 @@ class Host:
     def socket(self) -> Path:
         return self.workdir / "hv.sock"
 
-    def start(self) -> "Host":
+    def start(self) -> Host:
         self.sim = subprocess.Popen(
             [*PMEMD, "sim", "--socket", str(self.socket)], cwd=REPO,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

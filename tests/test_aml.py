@@ -49,8 +49,8 @@ from acpi.aml import (
     LLessEqual,
     LNot,
     LNotEqual,
-    LOr,
     Local,
+    LOr,
     Method,
     Mid,
     Name,
@@ -240,7 +240,7 @@ def test_name_strings_use_the_right_prefix(path: str, encoded: bytes) -> None:
 
 
 @pytest.mark.parametrize("value, encoded", [(0, b"\x00"), (1, b"\x01"), (2, b"\x0a\x02"), (0x100, b"\x0b\x00\x01"),
-                                            (0x10000, b"\x0c\x00\x00\x01\x00"), (1 << 32, b"\x0e" + (1 << 32).to_bytes(8, "little"))])
+                                            (0x10000, b"\x0c\x00\x00\x01\x00"), (1 << 32, b"\x0e" + (1 << 32).to_bytes(8, "little"))])  # noqa: E501
 def test_integers_take_their_shortest_encoding(value: int, encoded: bytes) -> None:
     assert Integer(value).encode() == encoded
 

@@ -16,6 +16,7 @@ from construct import Int32ul, Int64ul
 
 from acpi.dsm_buffer import MAX_PAYLOAD
 from pmemd.config import Config, from_mapping
+from pmemd.daemon.scrubber import ScrubCompleted, run_scrubber
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.call import Status
 from pmemd.dsm.devices import Root, slot_to_handle
@@ -36,7 +37,6 @@ from pmemd.dsm.root_layouts import (
     InjectInput,
     TranslateSpaOutput,
 )
-from pmemd.daemon.scrubber import ScrubCompleted, run_scrubber
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pmemd import config
-from pmemd.config import GiB, KiB, MiB, ConfigError
+from pmemd.config import ConfigError, GiB, KiB, MiB
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

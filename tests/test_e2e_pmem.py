@@ -13,8 +13,8 @@ import errno
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import trio
@@ -23,12 +23,12 @@ from pmemd import config as configmod
 from pmemd.daemon.guest import Guest
 from pmemd.daemon.serve import serve_guest
 from pmemd.ioreq.abi import IOREQ_READ, IOREQ_WRITE
+from pmemd.sim import wire
+from pmemd.sim.client.vcpu import GuestConnection
 from pmemd.sim.hv_pmem import PmemRegion
 from pmemd.storage import BackingRefused, FrameRefused, LayoutMoved, LockHeld, record_layout
 from pmemd.storage.testing import fiemap_unsupported, make_fragmented, page_stamp
-from pmemd.sim import wire
 from pmemd.xen.errors import HypervisorError
-from pmemd.sim.client.vcpu import GuestConnection
 
 P = 4096
 MiB = 1 << 20

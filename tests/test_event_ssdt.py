@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-
 from acpi.events import EVENT_GPE, GPE_HANDLER, build_event_ssdt
 from acpi.layout import Dimm, DsmPage
 from acpi.ssdt import build_ssdt

@@ -22,11 +22,11 @@ from acpi import dsm_buffer as page
 from acpi.dsm_buffer import Access
 from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID
 from pmemd.config import Config, from_mapping
-from pmemd.ioreq.abi import IOREQ_WRITE
-from pmemd.sim.guest_driver import Guest
 from pmemd.daemon.tables import build_tables
+from pmemd.ioreq.abi import IOREQ_WRITE
 from pmemd.sim import wire
 from pmemd.sim.client.vcpu import AccessResult
+from pmemd.sim.guest_driver import Guest
 from tests.acpiexec import AcpiExec, package_arg, require_acpiexec, uuid_arg
 
 MiB = 1 << 20

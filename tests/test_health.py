@@ -171,7 +171,7 @@ def test_injected_unsafe_shutdown_sets_the_state_counts_it_and_notifies() -> Non
 
 def test_disabling_injections_restores_the_base_values() -> None:
     g = guest()
-    inject(g, 0b1111, mtemp_enable=1, media_temperature=90 * 16, spare_enable=1, spares=1, fatal_enable=1, unsafe_shutdown_enable=1)
+    inject(g, 0b1111, mtemp_enable=1, media_temperature=90 * 16, spare_enable=1, spares=1, fatal_enable=1, unsafe_shutdown_enable=1)  # noqa: E501
     inject(g, 0b1111)
     body = smart(g)
     assert (body.media_temperature, body.spares, body.health, body.shutdown_state) == (23 * 16, 100, 0, 0)
@@ -186,7 +186,7 @@ def test_conditions_not_selected_by_the_flags_are_left_alone() -> None:
 
 @pytest.mark.parametrize(
     "flags, fields",
-    [(0b10000, {}), (0b0001, {"mtemp_enable": 2}), (0b0010, {"spare_enable": 1, "spares": 101}), (0b1000, {"unsafe_shutdown_enable": 7})],
+    [(0b10000, {}), (0b0001, {"mtemp_enable": 2}), (0b0010, {"spare_enable": 1, "spares": 101}), (0b1000, {"unsafe_shutdown_enable": 7})],  # noqa: E501
 )
 def test_bad_injections_are_invalid_input_and_change_nothing(flags: int, fields: dict[str, int]) -> None:
     g = guest()

@@ -11,13 +11,13 @@ import trio
 
 from acpi.table import TableHeader, finish_table, parse_table
 from pmemd.daemon.dmacpi import dm_acpi_path
+from pmemd.daemon.state_key import guest_read_only
+from pmemd.daemon.tables import build_tables
 from pmemd.sim.hv_domain import Domain, Layout
 from pmemd.sim.hvmloader import Hvmloader, attach, load_dm_acpi, strtoll
 from pmemd.sim.hypervisor import Hypervisor
-from pmemd.xenstored.store import RELEASE_DOMAIN, Store
-from pmemd.daemon.state_key import guest_read_only
-from pmemd.daemon.tables import build_tables
 from pmemd.xenstore import open_client
+from pmemd.xenstored.store import RELEASE_DOMAIN, Store
 from tests.acpica import decompile
 from tests.xs_host import GUEST, Host, host  # noqa: F401 - fixture
 

@@ -228,7 +228,7 @@ def test_lsx_dimm_labels_reach_its_backing_file(first_boot: Boot, files: Path) -
 
 def test_second_boot_keeps_both_namespaces_with_the_same_uuids(first_boot: Boot, second_boot: Boot) -> None:
     assert second_boot.status == 0, second_boot.console[-3000:]
-    uuids = lambda b: sorted(n["uuid"] for n in b.json("namespaces"))  # noqa: E731
+    uuids = lambda b: sorted(n["uuid"] for n in b.json("namespaces"))
     assert uuids(second_boot) == uuids(first_boot)
     assert acpi_problems(second_boot.section("dmesg")) == []
 

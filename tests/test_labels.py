@@ -14,11 +14,11 @@ from construct import Int32ul
 
 from acpi.dsm_buffer import MAX_INPUT, MAX_PAYLOAD
 from pmemd.config import Config, from_mapping
+from pmemd.daemon.label_file import FileLabelStore, JournalHeader, journal_path, open_label_stores
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.call import Status
 from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.dispatcher import Dispatcher
-from pmemd.daemon.label_file import FileLabelStore, JournalHeader, journal_path, open_label_stores
 from pmemd.dsm.label_store import LabelStore, MemoryLabelStore
 from pmemd.dsm.labels import MAX_LABEL_TRANSFER
 from pmemd.dsm.page import decode_reply, encode_request

@@ -219,6 +219,6 @@ async def test_resuming_a_corrupt_save_file_exits_1_and_leaves_nothing(sim, gues
 
 def test_the_packaged_example_config_is_configs_example_toml() -> None:
     """`pmemd demo` falls back to pmemd/data/example.toml when installed from a wheel."""
-    from pmemd.demo import PACKAGED_CONFIG, REPO_CONFIG
+    from pmemd.sim.demo import PACKAGED_CONFIG, REPO_CONFIG
 
     assert PACKAGED_CONFIG.read_bytes() == REPO_CONFIG.read_bytes()

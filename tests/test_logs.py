@@ -8,9 +8,9 @@ import json
 import pytest
 import structlog
 
-from pmemd.process import logs
 from pmemd.config import DsmConfig
 from pmemd.daemon.frontends.xen_page import DsmPageDevice
+from pmemd.process import logs
 
 
 class Clock:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
 import trio
 
 from pmemd.ioreq.abi import IOREQ_READ, IOREQ_WRITE
-from pmemd.sim.hv_platform import EHWPOISON
 from pmemd.sim import platform_page, wire
-from pmemd.xen.errors import HypervisorError
 from pmemd.sim.client.vcpu import GuestConnection
+from pmemd.sim.hv_platform import EHWPOISON
+from pmemd.xen.errors import HypervisorError
 
 NVDIMM = 0x1_0000_0000  # beyond guest RAM: a guest read goes through the simulator
 

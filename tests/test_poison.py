@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pmemd.dsm.media import MediaErrors
 from pmemd.daemon.state_file import load_state_file
 from pmemd.dsm.guest_state import guest_state_bytes, restore_guest_state, state_file_bytes
+from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.poison import PoisonBodyV1, PoisonLimitError, PoisonSet
 from pmemd.dsm.state_blob import StateFormatError, wrap
 from tests.test_ars import guest

@@ -12,8 +12,8 @@ import trio
 from qemu.qmp import ExecuteError
 
 from pmemd import config as configmod
-from pmemd.daemon.serve import serve_guest
 from pmemd.daemon.guest import RunOptions
+from pmemd.daemon.serve import serve_guest
 from pmemd.qmp.registry import COMMANDS
 from pmemd.sim.guest_driver import Guest as GuestDriver
 from tests.qmp_harness import MiB, connect, write_guest_config

@@ -15,13 +15,13 @@ from qemu.qmp import ExecuteError
 from acpi.dsm_buffer import ROOT_HANDLE
 from pmemd import config as configmod
 from pmemd.daemon import savefile
+from pmemd.daemon.savefile import SaveFileError
 from pmemd.daemon.serve import serve_guest
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.inject import inject_error
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.root_layouts import ARS_TYPE_PERSISTENT
-from pmemd.daemon.savefile import SaveFileError
 from tests.qmp_harness import MiB, connect, write_guest_config
 
 
@@ -115,7 +115,7 @@ def test_a_byte_flipped_anywhere_is_refused(cfg, state):
 def test_a_newer_version_is_refused_naming_both_versions(cfg, state):
     data = bytearray(state[2])
     struct.pack_into("<H", data, 8, savefile.SAVE_VERSION + 1)
-    with pytest.raises(SaveFileError, match=f"version {savefile.SAVE_VERSION + 1} is not supported.*1 to {savefile.SAVE_VERSION}"):
+    with pytest.raises(SaveFileError, match=f"version {savefile.SAVE_VERSION + 1} is not supported.*1 to {savefile.SAVE_VERSION}"):  # noqa: E501
         savefile.parse(bytes(data), cfg)
 
 

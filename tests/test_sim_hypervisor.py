@@ -14,8 +14,8 @@ from pmemd.ioreq.device import IoRange
 from pmemd.ioreq.machine import IoRequest
 from pmemd.ioreq.server import IoreqServer
 from pmemd.sim.client.control import DomainControl
-from pmemd.xen.errors import DomainCrashed, HypervisorError
 from pmemd.sim.client.vcpu import GuestConnection
+from pmemd.xen.errors import DomainCrashed, HypervisorError
 
 MMIO_BASE = 0xF000_0000
 
@@ -51,7 +51,7 @@ class DoubleDM:
         self.dm, self.server_id, self.page, self.evtchn, self.ports = dm, server_id, page, evtchn, ports
 
     @classmethod
-    async def start(cls, sim, domid: int, vcpus: int, mmio_range: tuple[int, int]) -> "DoubleDM":  # type: ignore[no-untyped-def]
+    async def start(cls, sim, domid: int, vcpus: int, mmio_range: tuple[int, int]) -> DoubleDM:  # type: ignore[no-untyped-def]
         dm = await sim.dm(domid)
         sid = await dm.create_ioreq_server()
         page = await dm.map_ioreq_page(sid)

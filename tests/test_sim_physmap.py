@@ -172,7 +172,7 @@ def backing(tmp_path: Path) -> Path:
 def frames_of(path: Path) -> list[int]:
     """Each page's host frame, as the daemon's extent reader derives it."""
     frames = []
-    for logical, physical, length, _ in FileExtents(path, path.stat().st_size).extents():
+    for _logical, physical, length, _ in FileExtents(path, path.stat().st_size).extents():
         frames += [(SPA + physical) // P + i for i in range(length // P)]
     return frames
 

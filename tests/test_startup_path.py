@@ -15,12 +15,12 @@ from pathlib import Path
 import trio
 
 from pmemd import config as configmod
-from pmemd.daemon.serve import serve_guest
 from pmemd.daemon.guest import RunOptions
+from pmemd.daemon.serve import serve_guest
+from pmemd.process.startup import _Deferred, defer_unused_stdlib
 from pmemd.qmp.early import EarlyQmp, greeting_bytes, qmp_path_from_argv
 from pmemd.qmp.protocol import Connection
 from pmemd.qmp.vm_commands import version_info
-from pmemd.process.startup import _Deferred, defer_unused_stdlib
 from tests.qmp_harness import MiB, write_guest_config
 
 DOMID = 21

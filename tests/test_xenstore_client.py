@@ -4,15 +4,14 @@ permissions, quotas, and the server surviving malformed input."""
 from __future__ import annotations
 
 import tempfile
-from functools import partial
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from pmemd.xenstored.server import Quotas, Store, serve_xenstored
 from pmemd.xenstore import (
     Access,
     AccessDeniedError,
@@ -36,6 +35,7 @@ from pmemd.xenstore.wire import (
     decode_error,
     encode_strings,
 )
+from pmemd.xenstored.server import Quotas, Store, serve_xenstored
 
 GUEST = 5
 

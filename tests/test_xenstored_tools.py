@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from pmemd.xenstored.server import Store, serve_xenstored
 from pmemd.xenstore import Access, NoEntryError, Perm, XenstoreClient, open_client
+from pmemd.xenstored.server import Store, serve_xenstored
 
 GUEST = 5
 TOOLS = ("xenstore-read", "xenstore-write", "xenstore-ls", "xenstore-chmod", "xenstore-rm",

@@ -21,16 +21,16 @@ import pytest
 import trio
 
 from pmemd import config as configmod
+from pmemd.daemon.dmacpi import Buffer
 from pmemd.daemon.guest import Guest
 from pmemd.daemon.serve import serve_guest
-from pmemd.daemon.dmacpi import Buffer
+from pmemd.sim.client.device_model import SimDeviceModel
 from pmemd.sim.hv_domain import Layout
 from pmemd.sim.hvmloader import Hvmloader, attach
 from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
-from pmemd.xenstored.server import Store, serve_xenstored
-from pmemd.sim.client.device_model import SimDeviceModel
 from pmemd.toolstack import create_domain_keys, reserve_dm_acpi
 from pmemd.xenstore import XenstoreClient, open_client
+from pmemd.xenstored.server import Store, serve_xenstored
 
 GUEST = 5
 XENSTORE_TOOLS = ("xenstore-read", "xenstore-write", "xenstore-ls", "xenstore-chmod", "xenstore-watch")
@@ -153,7 +153,7 @@ class Host:
         """Run a daemon expected to fail during set-up; return the (leaf) exception."""
         try:
             await serve_guest(cfg, self.hv_sock)
-        except Exception as e:  # noqa: BLE001 - the test inspects it
+        except Exception as e:
             return leaf(e)
         raise AssertionError("the daemon started")
 

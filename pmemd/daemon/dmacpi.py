@@ -24,8 +24,8 @@ state key's ``error-code`` reports):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import structlog
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import deque
-from typing import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import structlog
 import trio

@@ -12,7 +12,7 @@ come from the guest's one scrubber (dsm-handlers' `DsmEffects.scrub_subscribers`
 from __future__ import annotations
 
 import contextlib
-from typing import Awaitable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 import trio
@@ -23,9 +23,8 @@ from pmemd.dsm.call import Call
 from pmemd.dsm.dispatcher import Phase
 from pmemd.dsm.label_store import LabelStore
 from pmemd.dsm.scrub import ScrubCompleted
-from pmemd.qmp.early import EarlyQmp
-
 from pmemd.qmp.control import GuestControl, RunState
+from pmemd.qmp.early import EarlyQmp
 from pmemd.qmp.events import NotifyWatcher, scrub_event
 from pmemd.qmp.server import QmpServer
 

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from construct import (
     Array,
@@ -299,7 +300,7 @@ def restore(data: bytes, config: Config, root: Root, dimms: Iterable[Dimm]) -> S
     media.ars.current = None if saved.scrub is None else _rebuild_scrub(saved.scrub, media.now())
     if media.ars.current is not None:
         # ArsState numbers scrubs; continue after the saved one so sequence numbers stay unique.
-        media.ars._seq = max(media.ars._seq, media.ars.current.seq)  # noqa: SLF001 - no public setter
+        media.ars._seq = max(media.ars._seq, media.ars.current.seq)
         if media.ars.current.result is None:
             media.scrub_started()  # wake the scrubber: a scrub is in flight again
     return saved

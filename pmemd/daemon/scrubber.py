@@ -13,6 +13,7 @@ The DSM core (`pmemd.dsm`) stays free of trio; this is its one task.
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.scrub import ScrubCompleted
@@ -52,7 +53,7 @@ async def run_scrubber(
                 continue
             result = media.ars.settle(media.poison, media.now())
             if result is None:  # clock skew: not quite done yet
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
                 continue
             reported = scrub.seq
             await events.send(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import structlog
 import trio
@@ -54,7 +54,7 @@ async def watch_domain(guest: Guest) -> None:
             async for _ in events:
                 if await domain_gone(guest):
                     return
-    while not await domain_gone(guest):
+    while not await domain_gone(guest):  # noqa: ASYNC110 - polling the hypervisor is the fallback
         await trio.sleep(DOMAIN_POLL_INTERVAL)
 
 

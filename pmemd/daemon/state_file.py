@@ -10,8 +10,8 @@ The format is `pmemd.dsm.guest_state`'s.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from pmemd.config import Config
 from pmemd.dsm.devices import Dimm, Root

@@ -18,7 +18,7 @@ it ourselves); after an error it leaves ``error``/``error-code`` for the toolsta
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import structlog
 import trio

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import structlog
 import trio

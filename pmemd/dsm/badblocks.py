@@ -9,8 +9,8 @@ stays pure.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 SECTOR = 512
 MAX_SECTORS_PER_LINE = 1 << 24

@@ -6,11 +6,11 @@ building the dispatcher itself is pure and tests can inject `MemoryLabelStore`s.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from acpi.dsm_buffer import ROOT_HANDLE
-
 from pmemd.config import Config
 
 from .devices import Dimm, Root, slot_to_handle

@@ -7,9 +7,10 @@ that with status 3, so a handler never has to catch construct errors itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from construct import Construct, ConstructError, Int32ul
 

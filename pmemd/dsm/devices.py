@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from acpi.layout import nfit_handle
 from acpi.dsm_buffer import ROOT_HANDLE
-
+from acpi.layout import nfit_handle
 from pmemd.config import NvdimmConfig
 
 from .health import Health
 from .label_store import LabelStore
 from .media import MediaErrors
 from .notify import NotifyQueue
-
 
 slot_to_handle = nfit_handle  # one definition, shared with the NFIT and SSDT builders
 

@@ -15,9 +15,10 @@ Routing, in order (status codes in `call.Status`):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, Generic, Iterator, Mapping
+from typing import Any, Generic
 
 import structlog
 

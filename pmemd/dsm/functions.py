@@ -7,8 +7,9 @@ dispatcher stays untouched. Function 0 is not registered: the table derives its 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator
+from typing import Generic
 
 from .call import D, Handler
 

@@ -11,8 +11,8 @@ DIMMs' health counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from construct import Array, GreedyBytes, Int8ul, Int16ul, Int32ul, Prefixed, Struct, Terminated, this
 

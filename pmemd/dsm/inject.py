@@ -15,7 +15,7 @@ Reference: linux-nfit.md §7 (ndctl needs all of 7, 8 and 9 to offer injection).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .call import Call, InvalidInput, Reply, Status, parse_input
 from .devices import Root

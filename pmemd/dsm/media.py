@@ -10,8 +10,8 @@ handlers compute scrub progress without timers: `time.monotonic` in the daemon,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from construct import GreedyBytes, Int32ul, Prefixed, Struct, Terminated
 

@@ -13,7 +13,7 @@ injection (or one mid-range clear) at a time. An operation that would pass the b
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Iterator
+from collections.abc import Iterator
 
 from construct import Array, Int32ul, Int64ul, Struct, Terminated, this
 

@@ -6,7 +6,7 @@ inside one SPA range is also inside exactly one DIMM, whose handle tags ARS reco
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from pmemd.config import NvdimmConfig
 

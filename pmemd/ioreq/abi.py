@@ -142,7 +142,7 @@ class Ioreq:
     pad_bit: bool = False
 
     @classmethod
-    def parse(cls, raw: bytes | bytearray | memoryview) -> "Ioreq":
+    def parse(cls, raw: bytes | bytearray | memoryview) -> Ioreq:
         c = ioreq_t.parse(bytes(raw[:IOREQ_SIZE]))
         return cls(
             addr=c.addr,

@@ -80,7 +80,7 @@ class IoRequest:
     data_is_ptr: bool
 
     @classmethod
-    def from_slot(cls, slot: tuple[int, ...]) -> "IoRequest":
+    def from_slot(cls, slot: tuple[int, ...]) -> IoRequest:
         """From `abi.SLOT_STRUCT.unpack_from(page, offset)`."""
         addr, data, count, size, _eport, _pad, bits, type_ = slot
         return cls(type_, addr, data, count, size, abi.bits_dir(bits), abi.bits_df(bits), abi.bits_data_is_ptr(bits))

@@ -21,9 +21,9 @@ Errors: a slot found not INPROCESS after handling (someone else wrote it) is QEM
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import structlog
 import trio

@@ -31,12 +31,12 @@ from typing import Any, TextIO
 import trio
 
 from acpi.doorbell import RESERVED_SIZE
-from pmemd.process import logs
 from pmemd.config import Config, ConfigError, from_mapping
 from pmemd.daemon.guest import Guest
 from pmemd.daemon.serve import serve_guest
-from pmemd.lab.image import EXIT_MARKER, SCRIPT_FW_CFG, BootFiles
 from pmemd.daemon.tables import build_tables
+from pmemd.lab.image import EXIT_MARKER, SCRIPT_FW_CFG, BootFiles
+from pmemd.process import logs
 
 QEMU = "qemu-system-x86_64"
 EXIT_TIMEOUT = 124
@@ -169,7 +169,7 @@ async def _serve(cfg: Config, scope: trio.CancelScope, *, task_status: trio.Task
 
 async def _stop_daemon_after(guest: Guest, scope: trio.CancelScope, calls: int) -> None:
     assert guest.doorbell is not None
-    while guest.doorbell.statistics().calls < calls:
+    while guest.doorbell.statistics().calls < calls:  # noqa: ASYNC110 - counts, not an event
         await trio.sleep(0.001)
     print(f"pmemd-lab: stopping the daemon after {calls} DSM calls", file=sys.stderr, flush=True)
     scope.cancel()

@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
-
 
 log = structlog.get_logger("pmemd.lifecycle")
 

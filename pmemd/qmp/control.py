@@ -13,9 +13,10 @@ Xen glue disables its server on every VM state change away from running.
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from pmemd.config import Config
 from pmemd.dsm.devices import Dimm, Root

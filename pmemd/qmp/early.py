@@ -29,8 +29,9 @@ import sys
 
 TYPE_CHECKING = False  # not `typing`'s: importing typing (or pathlib, json) costs ms before the greeting
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from socket import socket as Socket
-    from typing import Any, Sequence
+    from typing import Any
 
     StrPath = str | os.PathLike[str]
 

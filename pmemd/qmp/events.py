@@ -13,12 +13,10 @@ command, the only two places a queue can grow.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
-
-import trio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pmemd.dsm.devices import Dimm, Root
-from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.scrub import ScrubCompleted
 
 Emit = Callable[[str, Mapping[str, Any] | None], None]

@@ -21,8 +21,9 @@ import enum
 import json
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Mapping
+from typing import Any, Final
 
 from .errors import QmpError, command_not_found
 

@@ -8,8 +8,9 @@ Handlers take the `GuestControl` and the checked arguments as keywords and retur
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .control import GuestControl
 from .errors import command_not_found

@@ -8,8 +8,9 @@ expected: integer"). Integers are range-checked here too, so handlers see valid 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import QmpError
 

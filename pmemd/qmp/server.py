@@ -21,9 +21,10 @@ from __future__ import annotations
 import itertools
 import socket as stdlib_socket
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import structlog
 import trio

@@ -18,7 +18,6 @@ from typing import Any
 
 import structlog
 
-
 from .control import GuestControl, RunState
 from .early import PACKAGE, QEMU_DIALECT, version_info  # noqa: F401  (the greeting's, shared)
 from .errors import QmpError

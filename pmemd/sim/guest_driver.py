@@ -27,20 +27,21 @@ import fcntl
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 from acpi import dsm_buffer as page
+from acpi.dsm_buffer import DsmRequestHeader
 from acpi.events import EVENT_GPE, decode_event, event_bound
 from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID, device_name
-from acpi.dsm_buffer import DsmRequestHeader
 from pmemd.config import Config
-from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
 from pmemd.ioreq.abi import IOREQ_WRITE
 from pmemd.sim import wire
 from pmemd.sim.client.sync import SyncClient
 from pmemd.sim.client.vcpu import GuestConnection
+from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
 
 QWORD_MASK = (1 << 64) - 1
 MCE_VECTOR = 18  # #MC

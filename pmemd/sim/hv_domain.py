@@ -15,15 +15,15 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import structlog
 import trio
 
 from pmemd.ioreq import abi
-from pmemd.ioreq.machine import IoRequest, Verdict, all_ones, execute, hypervisor_observes, needs_completion
 from pmemd.ioreq.device import Device
+from pmemd.ioreq.machine import IoRequest, Verdict, all_ones, execute, hypervisor_observes, needs_completion
 from pmemd.sim.hv_physmap import Physmap
 from pmemd.sim.hv_ranges import RangeSet
 from pmemd.xen.errors import DomainCrashed, HypervisorError
@@ -154,7 +154,7 @@ class Vcpu:
 class Domain:
     """One guest. Created paused; every terminal state wakes and fails pending accesses."""
 
-    def __init__(self, domid: int, layout: Layout, notify: Callable[["Domain", int], None]) -> None:
+    def __init__(self, domid: int, layout: Layout, notify: Callable[[Domain, int], None]) -> None:
         self.domid = domid
         self.layout = layout
         self.state = PAUSED

@@ -17,8 +17,8 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import structlog
 import trio
@@ -42,7 +42,7 @@ class Binding:
     """A local (device-model side) port bound to a Xen-side port of a domain."""
 
     local_port: int
-    handle: "EvtchnHandle"
+    handle: EvtchnHandle
     domid: int
     xen_port: int
 

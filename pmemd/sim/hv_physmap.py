@@ -15,8 +15,9 @@ from __future__ import annotations
 import bisect
 import enum
 import errno
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from pmemd.xen.errors import HypervisorError
 

@@ -15,8 +15,8 @@ import os
 
 from pmemd.ioreq import abi
 from pmemd.ioreq.machine import IoRequest
-from pmemd.sim.hv_domain import Domain
 from pmemd.sim import platform_page, wire
+from pmemd.sim.hv_domain import Domain
 from pmemd.xen.errors import HypervisorError
 
 EHWPOISON = getattr(errno, "EHWPOISON", 133)

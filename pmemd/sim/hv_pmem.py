@@ -28,9 +28,10 @@ import mmap
 import os
 import struct
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import structlog
 

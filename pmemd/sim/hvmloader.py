@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import structlog
 
@@ -46,8 +46,8 @@ from pmemd.daemon.dmacpi import (
 )
 from pmemd.sim.hv_domain import Domain
 from pmemd.sim.hypervisor import Hypervisor
-from pmemd.xenstored.store import Store
 from pmemd.xenstore import XenstoreError
+from pmemd.xenstored.store import Store
 
 log = structlog.get_logger("pmemd.sim.hvmloader")
 
@@ -233,7 +233,7 @@ class Hvmloader:
             return  # hvmloader runs once, at boot; later unpauses resume a running guest
         try:
             self.boot(dom)
-        except Exception:  # noqa: BLE001 - a firmware failure is the guest's, not the host's
+        except Exception:
             log.exception("simulated hvmloader failed", domid=dom.domid)
 
     def on_destroy(self, dom: Domain) -> None:

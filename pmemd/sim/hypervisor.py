@@ -45,18 +45,19 @@ import errno
 import itertools
 import os
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 import trio
 
 from pmemd.ioreq import abi
 from pmemd.ioreq.machine import MAX_REP_COUNT, IoRequest
+from pmemd.sim import wire
 from pmemd.sim.hv_domain import DESTROYED, PAUSED, RANGE_MMIO, RANGE_PORT, Domain, Layout, SimIoreqServer
 from pmemd.sim.hv_evtchn import Binding, EvtchnHandle
 from pmemd.sim.hv_platform import Platforms
 from pmemd.sim.hv_pmem import HostPmem, PmemAccess, PmemRegion, populate_pmem_map
-from pmemd.sim import wire
 from pmemd.xen.errors import HypervisorError, ProtocolError, error_reply
 
 log = structlog.get_logger("pmemd.sim.hypervisor")

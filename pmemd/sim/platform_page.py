@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from construct import Bytes, Const, Int32ul, Struct
 

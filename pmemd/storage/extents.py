@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 from .errors import BackingRefused
 from .fiemap import DEFAULT_BATCH, Extent, ExtentFlag, fiemap_extents

@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 import fcntl
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from construct import FormatField, Int32un, Int64un, Padded, Padding, Renamed, Struct
 

@@ -12,8 +12,8 @@ import errno
 import hashlib
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .errors import LayoutMoved
 from .extents import ExtentSource, validated

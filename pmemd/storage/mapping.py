@@ -12,8 +12,9 @@ validated with the rest but never reaches the sink.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 

@@ -11,8 +11,8 @@ an ioctl in libxenevtchn), so it is sync.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pmemd.ioreq.abi import HVM_IOREQSRV_BUFIOREQ_OFF
 
@@ -39,7 +39,7 @@ class DomainInfo:
     ioreq_servers: tuple[int, ...] = ()
 
     @classmethod
-    def from_reply(cls, r: dict[str, object]) -> "DomainInfo":
+    def from_reply(cls, r: dict[str, object]) -> DomainInfo:
         return cls(
             domid=int(r["domid"]),  # type: ignore[arg-type]
             state=str(r["state"]),

@@ -8,7 +8,7 @@ simulator socket, and the real-Xen backend only when the config says `"xen"`.
 from __future__ import annotations
 
 import importlib
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from pmemd.xen.api import DeviceModelHypervisor
 

@@ -18,9 +18,11 @@ import socket as _socket
 import stat
 
 import structlog
-from structlog.typing import FilteringBoundLogger as BoundLogger
 import trio
+from structlog.typing import FilteringBoundLogger as BoundLogger
 
+from pmemd.xenstore.errors import ProtocolError
+from pmemd.xenstore.wire import Message, MessageReader, NeedData
 from pmemd.xenstored.store import (
     INTRODUCE_DOMAIN,
     PRIVILEGED_DOMID,
@@ -31,8 +33,6 @@ from pmemd.xenstored.store import (
     Store,
     StoreStatistics,
 )
-from pmemd.xenstore.errors import ProtocolError
-from pmemd.xenstore.wire import Message, MessageReader, NeedData
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,7 @@ async def serve_xenstored(
     failure) is logged and closed; the server and other connections carry on.
     """
     store = store if store is not None else Store()
-    if os.path.lexists(path) and stat.S_ISSOCK(os.lstat(path).st_mode):
+    if os.path.lexists(path) and stat.S_ISSOCK(os.lstat(path).st_mode):  # noqa: ASYNC240 - once, at start
         os.unlink(path)
     sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -114,7 +114,7 @@ async def _serve_connection(stream: trio.SocketStream, store: Store, domid: int)
                 send_channel.close()  # the writer flushes what is queued, then ends
             # A peer that stopped reading must not pin this task forever.
             nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT
-    except Exception as exc:  # noqa: BLE001 - one connection must never take the server down
+    except Exception as exc:
         broken, other = (
             exc.split((trio.BrokenResourceError, trio.ClosedResourceError))
             if isinstance(exc, ExceptionGroup) else (None, exc)

@@ -15,17 +15,17 @@ value (0x81), bits 8-23 the NFIT handle (0 root, slot + 1 DIMM); 0 = nothing pen
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import structlog
 
 from acpi import dsm_buffer as layout
 from acpi.events import encode_event
-from pmemd.process import logs
 from pmemd.config import DsmConfig
 from pmemd.dsm.dispatcher import Dispatch
 from pmemd.ioreq.device import IoRange
+from pmemd.process import logs
 
 log = structlog.get_logger("pmemd.dsm")
 

@@ -44,7 +44,7 @@ class DomainControl:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "DomainControl":
+    def __enter__(self) -> DomainControl:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import mmap
 import os
 import socket
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import trio
 
 from pmemd.ioreq import abi
-from pmemd.sim import wire
-from pmemd.sim import platform_page
+from pmemd.sim import platform_page, wire
+from pmemd.sim.client.evtchn import SimEventChannel
 from pmemd.xen.api import DeviceModelHypervisor, DomainInfo, EventChannel, IoreqServerInfo, PlatformEvents
 from pmemd.xen.errors import ProtocolError, raise_for_reply
-from pmemd.sim.client.evtchn import SimEventChannel
 
 
 class SimDeviceModel(DeviceModelHypervisor):
@@ -32,7 +32,7 @@ class SimDeviceModel(DeviceModelHypervisor):
         self._evtchns: list[SimEventChannel] = []
 
     @classmethod
-    async def connect(cls, path: str | os.PathLike[str], domid: int) -> "SimDeviceModel":
+    async def connect(cls, path: str | os.PathLike[str], domid: int) -> SimDeviceModel:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await sock.connect(os.fspath(path))

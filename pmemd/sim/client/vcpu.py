@@ -107,7 +107,7 @@ class GuestConnection:
         self._ram.close()
         self._client.close()
 
-    def __enter__(self) -> "GuestConnection":
+    def __enter__(self) -> GuestConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:

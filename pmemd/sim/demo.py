@@ -22,21 +22,21 @@ import trio
 from acpi.nfit import parse_nfit
 from acpi.table import parse_table
 from pmemd import config as configmod
-from pmemd.process import logs
 from pmemd.daemon.serve import serve_guest
+from pmemd.daemon.state_key import wait_state
+from pmemd.daemon.tables import build_tables
+from pmemd.process import logs
 from pmemd.sim.hv_domain import Layout
 from pmemd.sim.hv_pmem import PmemRegion
 from pmemd.sim.hvmloader import attach
 from pmemd.sim.hypervisor import serve_hypervisor
-from pmemd.xenstored.server import serve_xenstored
-from pmemd.daemon.state_key import wait_state
 from pmemd.storage import prepare_backing
 from pmemd.toolstack import create_domain_keys, reserve_dm_acpi
 from pmemd.xenstore import open_client
-from pmemd.daemon.tables import build_tables
+from pmemd.xenstored.server import serve_xenstored
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "example.toml"
-PACKAGED_CONFIG = Path(__file__).resolve().parent / "data" / "example.toml"  # the same file, in the wheel
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "example.toml"
+PACKAGED_CONFIG = Path(__file__).resolve().parents[1] / "data" / "example.toml"  # the same file, in the wheel
 DEFAULT_CONFIG = REPO_CONFIG if REPO_CONFIG.is_file() else PACKAGED_CONFIG
 # The simulated host pmem: the filesystem's block device seen at this SPA (host frames are
 # its FIEMAP physical offsets from there), unless the config has its own [host] section.
