@@ -69,12 +69,6 @@ DsmRequestHeader = Struct(
 )
 """The request header the AML writes at offset 0 (two QWORD writes)."""
 
-DsmRequest = Struct(
-    "header" / DsmRequestHeader,
-    "input" / Bytes(this.header.input_length),
-)
-"""Header plus exactly `input_length` input bytes (callers bound the length first)."""
-
 DsmReply = Struct(
     "length" / Int32ul,
     "payload" / Bytes(this.length - 4),

@@ -15,6 +15,13 @@ ROOT_UUID = uuid.UUID("2f10e7a4-9e91-11e4-89d3-123b93f75cba")  # NFIT bus family
 INTEL_DIMM_UUID = uuid.UUID("4309ac30-0d11-11e4-9191-0800200c9a66")  # Intel DIMM family
 PM_RANGE_GUID = uuid.UUID("66f0d379-b4f3-4074-ac43-0d3318b78cdb")  # byte-addressable pmem
 
+# Intel DIMM label functions (revision 1): the AML's _LSI/_LSR/_LSW call them whatever the
+# DIMM's _DSM family, and the daemon's label handlers serve them.
+LABEL_REVISION = 1
+FN_GET_LABEL_SIZE = 4
+FN_GET_LABEL_DATA = 5
+FN_SET_LABEL_DATA = 6
+
 # DIMM `_DSM` families a config may choose (Linux's NVDIMM_FAMILY_* probe order: Intel,
 # HPE1, HPE2, MSFT, Hyper-V; the first whose function 0 sets bit 0 wins). Only Intel
 # has label functions in its mask, so any other family makes Linux use _LSI/_LSR/_LSW.

@@ -10,6 +10,7 @@ every memdev pointing at an existing control region, stable serials, unarmed →
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from construct import (
     Array,
@@ -39,7 +40,7 @@ TYPE_FLUSH_HINT = 6
 TYPE_CAPABILITIES = 7
 
 
-def _fixed(type_code: int, *fields) -> Struct:
+def _fixed(type_code: int, *fields: Any) -> Struct:
     """A fixed-size NFIT structure whose length field is its declared size."""
     size = 4 + Struct(*fields).sizeof()
     header = Struct("type" / Const(type_code, Int16ul), "length" / Const(size, Int16ul))
@@ -230,7 +231,7 @@ def build_nfit(dimms: Iterable[Dimm], persistence: Persistence | None, ids: Tabl
     return finish_table("NFIT", NFIT_REVISION, bytes(4) + nfit_structures(dimms, persistence), ids)
 
 
-def parse_nfit(data: bytes) -> list[dict]:
+def parse_nfit(data: bytes) -> list[Any]:
     """Parse a complete NFIT into its structures (each a construct Container with `header.type`).
 
     Raises ValueError on a bad header, an unknown structure type or a length that

@@ -80,19 +80,23 @@ from acpi.aml import (
 )
 from acpi.doorbell import doorbell_objects, doorbell_ring
 from acpi.events import nevt_method
-from acpi.layout import ROOT_UUID, Dimm, DsmPage, device_name, nfit_handle
+from acpi.layout import (
+    FN_GET_LABEL_DATA,
+    FN_GET_LABEL_SIZE,
+    FN_SET_LABEL_DATA,
+    LABEL_REVISION,
+    ROOT_UUID,
+    Dimm,
+    DsmPage,
+    device_name,
+    nfit_handle,
+)
 from acpi.table import TableIds, finish_table
 
 SSDT_REVISION = 2
 SSDT_TABLE_ID = "NVDIMM"
 ROOT_DEVICE = "NVDR"
 ROOT_HID = "ACPI0012"
-
-# Intel DIMM label functions, served for _LSI/_LSR/_LSW whatever the DIMM's _DSM family.
-LABEL_REVISION = 1
-FN_LABEL_SIZE = 4
-FN_LABEL_READ = 5
-FN_LABEL_WRITE = 6
 
 # Buffer fields over HBUF, in DsmRequestHeader order: handle, revision, function, length.
 HEADER_FIELDS = ("HHDL", "HREV", "HFUN", "HLEN")
@@ -288,19 +292,19 @@ def _label_methods(handle: TermLike) -> list[Method]:
     return [
         Method(
             "_LSI", 0,
-            Return(Call("NLSI", Call("NCAL", LABEL_REVISION, FN_LABEL_SIZE, Buffer(size=0), handle))),
+            Return(Call("NLSI", Call("NCAL", LABEL_REVISION, FN_GET_LABEL_SIZE, Buffer(size=0), handle))),
             serialized=True,
         ),
         Method(
             "_LSR", 2,
             *_label_input(),
-            Return(Call("NLSR", Call("NCAL", LABEL_REVISION, FN_LABEL_READ, Path("LIN_"), handle), Arg(1))),
+            Return(Call("NLSR", Call("NCAL", LABEL_REVISION, FN_GET_LABEL_DATA, Path("LIN_"), handle), Arg(1))),
             serialized=True,
         ),
         Method(
             "_LSW", 3,
             *_label_input(),
-            Return(Call("NSTA", Call("NCAL", LABEL_REVISION, FN_LABEL_WRITE, Concatenate(Path("LIN_"), Arg(2)), handle))),
+            Return(Call("NSTA", Call("NCAL", LABEL_REVISION, FN_SET_LABEL_DATA, Concatenate(Path("LIN_"), Arg(2)), handle))),
             serialized=True,
         ),
     ]

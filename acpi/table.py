@@ -9,6 +9,7 @@ measures the body, so no table ever carries a hand-typed length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from construct import Bytes, Int8ul, Int32ul, PaddedString, Struct
 
@@ -78,7 +79,7 @@ def finish_table(
     return TableHeader.build(header) + body
 
 
-def parse_table(data: bytes) -> dict:
+def parse_table(data: bytes) -> Any:
     """Parse a framed table; raises ValueError when its length or checksum is wrong."""
     if len(data) < HEADER_SIZE:
         raise ValueError(f"table is {len(data)} bytes, shorter than its header")

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import argparse
 
+    from pmemd.config import Config
+
 EXIT_USAGE = 2
 EXIT_BAD_VALUE = 1
 
 
-def _load_config(args: argparse.Namespace):
+def _load_config(args: argparse.Namespace) -> Config:
     from pmemd import config as configmod  # imported when needed: `pmemd run` binds QMP first
 
     try:
@@ -50,7 +52,7 @@ def cmd_acpi(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hypervisor_socket(args: argparse.Namespace, cfg) -> str:
+def _hypervisor_socket(args: argparse.Namespace, cfg: Config) -> str:
     path = getattr(args, "hypervisor", None) or cfg.xen.hypervisor
     if path == "embedded":
         print("pmemd: this command needs the simulator's socket: set [xen] hypervisor or pass --hypervisor",

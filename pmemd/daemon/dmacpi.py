@@ -35,13 +35,13 @@ from pmemd.daemon.state_key import guest_read_only
 from pmemd.daemon.tables import Tables
 from pmemd.xen.api import DeviceModelHypervisor
 from pmemd.xen.errors import HypervisorError
+from pmemd.xen.page import PAGE_SIZE
 from pmemd.xenstore import NoEntryError, Transaction, XenstoreClient
 from pmemd.xenstore.wire import domain_path
 
 log = structlog.get_logger("pmemd.dmacpi")
 
 FOUR_GIB = 1 << 32
-PAGE_SIZE = 4096
 TYPE_TABLE = 0  # a complete ACPI table, header included; hvmloader recomputes its checksum
 TYPE_DEVICE_BODY = 1  # AML inside Device(NAME); hvmloader wraps it in Scope(\_SB) in a new SSDT
 # ACPI_MAX_SECONDARY_TABLES: hvmloader gives up on *every* blob when the directory lists more

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from acpi.dsm_buffer import ROOT_HANDLE
 from acpi.layout import nfit_handle
 from pmemd.config import NvdimmConfig
 
@@ -19,12 +18,6 @@ from .notify import NotifyQueue
 
 slot_to_handle = nfit_handle  # one definition, shared with the NFIT and SSDT builders
 
-
-def handle_to_slot(handle: int) -> int:
-    """The slot a DIMM handle names (inverse of `slot_to_handle`); the root has none."""
-    if handle == ROOT_HANDLE:
-        raise ValueError("handle 0 is the root device, not a DIMM")
-    return handle - 1
 
 
 @dataclass

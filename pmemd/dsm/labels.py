@@ -15,16 +15,12 @@ from __future__ import annotations
 from construct import Bytes, Check, Int32ul, Struct, Terminated, this
 
 from acpi.dsm_buffer import MAX_INPUT
+from acpi.layout import FN_GET_LABEL_DATA, FN_GET_LABEL_SIZE, FN_SET_LABEL_DATA, LABEL_REVISION
 
 from .call import MAX_OUTPUT, Call, InvalidInput, Reply, Status, parse_input
 from .devices import Dimm
 from .functions import FunctionTable
 from .label_store import LabelStore
-
-FN_GET_LABEL_SIZE = 4
-FN_GET_LABEL_DATA = 5
-FN_SET_LABEL_DATA = 6
-LABEL_REVISION = 1
 
 LabelRange = Struct("offset" / Int32ul, "length" / Int32ul)
 """The (offset, length) pair that opens fn 5 and fn 6 input."""

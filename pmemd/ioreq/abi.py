@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from construct import Array, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
+from pmemd.xen.page import PAGE_SIZE
+
 # IOREQ_{READ,WRITE}: `dir` bit values.
 IOREQ_WRITE = 0
 IOREQ_READ = 1
@@ -44,7 +46,6 @@ HVM_IOREQSRV_BUFIOREQ_ATOMIC = 2
 IOREQ_RESOURCE_FRAME_BUFFERED = 0
 IOREQ_RESOURCE_FRAME_SYNC = 1
 
-PAGE_SIZE = 4096
 IOREQ_SIZE = 32
 MAX_VCPUS = PAGE_SIZE // IOREQ_SIZE  # 128 = HVM_MAX_VCPUS
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,12 +31,6 @@ class Device(Protocol):
     def port_write(self, port: int, size: int, value: int) -> None: ...
     def mmio_read(self, addr: int, size: int) -> int: ...
     def mmio_write(self, addr: int, size: int, value: int) -> None: ...
-
-
-class ClaimingDevice(Device, Protocol):
-    """A device that names the ranges it claims."""
-
-    def io_ranges(self) -> Sequence[IoRange]: ...
 
 
 class GuestMemory(Protocol):

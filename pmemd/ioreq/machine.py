@@ -17,6 +17,7 @@ server to follow it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pmemd.ioreq import abi
@@ -155,6 +156,8 @@ def execute(req: IoRequest, device: Device, memory: GuestMemory) -> int:
     """
     size = req.size
     mask = all_ones(size)
+    dev_read: Callable[[int, int], int]
+    dev_write: Callable[[int, int, int], None]
     if req.type == abi.IOREQ_TYPE_PIO:
         dev_read, dev_write, step = device.port_read, device.port_write, 0
     else:

@@ -7,14 +7,16 @@ as Xen does for a buffer pointing at nothing. IOREQ_TYPE_INVALIDATE calls `inval
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import structlog
 
 from pmemd.xen.api import DeviceModelHypervisor
+from pmemd.xen.page import PAGE_SHIFT
 
 log = structlog.get_logger("pmemd.ioreq.mapcache")
 
 BUCKET_SHIFT = 20
-PAGE_SHIFT = 12
 
 
 class MapCache:
@@ -42,7 +44,7 @@ class MapCache:
                 view = await self.hv.map_foreign(s >> PAGE_SHIFT, (e - s) >> PAGE_SHIFT)
                 self.buckets[bucket] = (s, view)
 
-    def _chunks(self, gpa: int, n: int):
+    def _chunks(self, gpa: int, n: int) -> Iterator[tuple[memoryview | None, int]]:
         while n > 0:
             bucket = gpa >> BUCKET_SHIFT
             take = min(n, ((bucket + 1) << BUCKET_SHIFT) - gpa)

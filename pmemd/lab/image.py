@@ -26,6 +26,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -82,7 +83,7 @@ def prepare(cache: Path | None = None) -> BootFiles:
     return BootFiles(vmlinux, initramfs, version)
 
 
-def _run(args: list[str], **kwargs) -> str:
+def _run(args: list[str], **kwargs: Any) -> str:
     try:
         proc = subprocess.run(args, capture_output=True, text=True, check=True, **kwargs)
     except FileNotFoundError:
@@ -206,7 +207,7 @@ def _shared_libraries(binary: Path) -> list[str]:
     return libs
 
 
-def _write_cpio(f, files: dict[str, bytes | str]) -> None:
+def _write_cpio(f: BinaryIO, files: dict[str, bytes | str]) -> None:
     """A newc cpio archive (the kernel's initramfs format), directories first."""
     dirs: set[str] = set()
     for path in files:
@@ -227,7 +228,7 @@ def _write_cpio(f, files: dict[str, bytes | str]) -> None:
     _cpio_entry(f, "TRAILER!!!", 0, b"", 0)
 
 
-def _cpio_entry(f, name: str, mode: int, data: bytes, ino: int) -> None:
+def _cpio_entry(f: BinaryIO, name: str, mode: int, data: bytes, ino: int) -> None:
     encoded = name.encode() + b"\0"
     fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
     header = b"070701" + b"".join(b"%08X" % v for v in fields)

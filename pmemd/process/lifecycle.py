@@ -73,7 +73,7 @@ def arm_shutdown_deadline(seconds: float = SHUTDOWN_DEADLINE) -> None:
 
 
 async def _cancel_on_signal(scope: trio.CancelScope, on_signal: Callable[[], None] | None = None, *,
-                            task_status=trio.TASK_STATUS_IGNORED) -> None:
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Wait for the first shutdown signal; then ignore more of them and cancel `scope`."""
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         task_status.started()

@@ -15,14 +15,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["json", "console"]
 
 
-def configure(fmt: LogFormat | None = None, *, domid: int | None = None, stream=None) -> None:
+def configure(fmt: LogFormat | None = None, *, domid: int | None = None, stream: TextIO | None = None) -> None:
     """Route structlog (and stdlib logging) to `stream` (stderr) in the chosen format."""
     stream = stream or sys.stderr
     if fmt is None:

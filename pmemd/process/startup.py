@@ -87,7 +87,3 @@ def main() -> int:
 
     return cli_main(early=early)
 
-
-def still_deferred(names: tuple[str, ...] = DEFERRED_STDLIB) -> list[str]:
-    """The modules in `names` whose real import has not happened (for the bench and tests)."""
-    return [n for n in names if isinstance(sys.modules.get(n), _Deferred)]

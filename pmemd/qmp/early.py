@@ -143,7 +143,7 @@ class EarlyQmp:
         """Accept every waiting client and greet it; never blocks."""
         while self.open:
             try:
-                fd, _ = self.sock._accept()  # accept4(SOCK_CLOEXEC); the new fd blocks
+                fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # accept4(SOCK_CLOEXEC); the new fd blocks
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # e.g. EMFILE: leave it queued for the full server

@@ -49,7 +49,7 @@ MAX_POISON_LIMIT = 1 << 16
 
 
 def _ranges(pairs: Any, limit: int) -> list[dict[str, int]]:
-    out = []
+    out: list[dict[str, int]] = []
     for address, length in pairs:
         if len(out) == limit:
             break

@@ -174,8 +174,12 @@ async def demo(cfg: configmod.Config, source: Path, log_path: Path) -> tuple[lis
 
 
 def _host_data(cfg: configmod.Config) -> tuple[int, int]:
-    data = getattr(cfg.host, "data", None)
-    return tuple(data) if data else (cfg.host.spa_base, cfg.host.spa_base + HOST_SIZE)
+    assert cfg.host is not None
+    if cfg.host.data:
+        start, end = cfg.host.data
+        return start, end
+    assert cfg.host.spa_base is not None  # the demo config sets it
+    return cfg.host.spa_base, cfg.host.spa_base + HOST_SIZE
 
 
 def _read_at(path: Path, offset: int, length: int) -> bytes:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
+from uuid import UUID
 
 from acpi import dsm_buffer as page
 from acpi.dsm_buffer import DsmRequestHeader
@@ -59,8 +60,8 @@ class DsmCall:
     function: int
     arg3: bytes
     vcpu: int
-    uuid: uuid.UUID
-    expected_uuid: uuid.UUID
+    uuid: UUID
+    expected_uuid: UUID
 
 
 @dataclass(frozen=True)

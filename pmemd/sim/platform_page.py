@@ -146,13 +146,14 @@ class _Starts(Sequence[int]):
     """The table's start addresses as a sequence, for bisect, without copying the table."""
 
     def __init__(self, buf: memoryview | bytearray, count: int) -> None:
-        self.buf, self.count = buf, count
+        self.buf, self.length = buf, count
 
     def __len__(self) -> int:
-        return self.count
+        return self.length
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
-        return struct.unpack_from("<Q", self.buf, RANGES_OFFSET + i * RANGE.size)[0]
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]  # bisect needs only int indices
+        value: int = struct.unpack_from("<Q", self.buf, RANGES_OFFSET + i * RANGE.size)[0]
+        return value
 
 
 def coalesced(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

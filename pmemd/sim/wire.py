@@ -28,7 +28,6 @@ from construct import Int8ul, Int32sl, Int32ul, Int64ul, Padding, Struct
 
 from pmemd.xen.errors import ProtocolError
 
-FrameHeader = Struct("length" / Int32ul, "kind" / Int8ul)
 KIND_JSON = 0
 KIND_ACCESS = 1
 KIND_ACCESS_REPLY = 2

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from pmemd.xen.page import PAGE_SIZE
+
 from .errors import BackingRefused
 from .fiemap import DEFAULT_BATCH, Extent, ExtentFlag, fiemap_extents
 
-PAGE_SIZE = 4096
 PAGE_MASK = PAGE_SIZE - 1
 
 # The only flags a mappable extent may carry: LAST marks the end of the map and MERGED

@@ -14,11 +14,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from pmemd.xen.page import PAGE_SHIFT, PAGE_SIZE
+
 from .errors import HostPmemError
 from .pfn import PfnInfo
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 SECTOR_SIZE = 512  # sysfs `size` and `start` are in 512-byte sectors
 
 

@@ -12,8 +12,11 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 from construct import Bytes, ConstructError, Int16ul, Int32ul, Int64ul, Struct, Terminated
+
+from pmemd.xen.page import PAGE_SIZE
 
 from .errors import PfnInfoError
 
@@ -22,7 +25,6 @@ DAX_SIG = b"NVDIMM_DAX_INFO\0"
 INFO_BLOCK_OFFSET = 4096  # Linux: the first 8 KiB of a namespace are reserved, info at 4 KiB
 INFO_BLOCK_SIZE = 4096
 CHECKSUM_OFFSET = 4088
-PAGE_SIZE = 4096
 PAGE_STRUCT_SIZE = 64  # sizeof(struct page) the block was laid out for (x86-64)
 MODE_RAM = 1  # memmap in RAM
 MODE_PMEM = 2  # memmap in pmem, between the info block and dataoff
@@ -67,8 +69,8 @@ class PfnInfo:
     """A checked info block; `start_pad`/`end_trunc`/`align` are 0 when the version lacks them."""
 
     devdax: bool
-    uuid: uuid.UUID
-    parent_uuid: uuid.UUID
+    uuid: UUID
+    parent_uuid: UUID
     version: tuple[int, int]
     dataoff: int
     npfns: int
@@ -174,5 +176,5 @@ def build_pfn_info(
             )
         )
     )
-    struct.pack_into("<Q", block, CHECKSUM_OFFSET, info_block_checksum(block))
+    struct.pack_into("<Q", block, CHECKSUM_OFFSET, info_block_checksum(bytes(block)))
     return bytes(block)

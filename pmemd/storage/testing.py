@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pmemd.xen.page import PAGE_SIZE
+
 from .fiemap import Extent, ExtentFlag
 
-PAGE_SIZE = 4096
 _STAMP = struct.Struct("<8sQ")
 
 

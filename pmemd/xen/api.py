@@ -38,20 +38,6 @@ class DomainInfo:
     vcpus: int
     ioreq_servers: tuple[int, ...] = ()
 
-    @classmethod
-    def from_reply(cls, r: dict[str, object]) -> DomainInfo:
-        return cls(
-            domid=int(r["domid"]),  # type: ignore[arg-type]
-            state=str(r["state"]),
-            crash_reason=r.get("crash_reason"),  # type: ignore[arg-type]
-            shutdown_reason=r.get("shutdown_reason"),  # type: ignore[arg-type]
-            lowmem=int(r["lowmem"]),  # type: ignore[arg-type]
-            highmem=int(r["highmem"]),  # type: ignore[arg-type]
-            mmio_hole=int(r["mmio_hole"]),  # type: ignore[arg-type]
-            vcpus=int(r["vcpus"]),  # type: ignore[arg-type]
-            ioreq_servers=tuple(r.get("ioreq_servers", ())),  # type: ignore[arg-type]
-        )
-
     def ram_ranges(self) -> list[tuple[int, int]]:
         """Guest RAM as [start, end) GPA ranges."""
         ranges = [(0, self.lowmem)]

@@ -222,7 +222,7 @@ class XenstoreClient(_Operations):
         try:
             while True:
                 data = await self._stream.receive_some(_RECEIVE_CHUNK)
-                framer.receive_data(data)
+                framer.receive_data(bytes(data))
                 while not isinstance(message := framer.next_message(), NeedData):
                     self._route(message)
                 if not data:

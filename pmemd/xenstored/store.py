@@ -580,7 +580,7 @@ class Session:
         if kind in _TREE_OPS or kind == MsgType.TRANSACTION_END:
             return self._tree_op(kind, msg, after)
         handler = getattr(self, f"_do_{kind.name.lower()}")
-        return handler(msg.payload, after)  # type: ignore[no-any-return]
+        return handler(msg.payload, after)
 
     def _tree_op(self, kind: MsgType, msg: Message, after: list[_Fire]) -> bytes:
         txn: _TxnTree | None = None

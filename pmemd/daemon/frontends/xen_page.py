@@ -79,11 +79,15 @@ class DsmPageDevice:
 
     def __init__(self, dsm: DsmConfig, dispatch: Dispatch, ram_page: memoryview | None = None, *,
                  events: EventRegister | None = None) -> None:
-        if dsm.mode == "ram" and (ram_page is None or len(ram_page) != layout.PAGE_SIZE):
-            raise ValueError("ram mode needs a one-page view of the DSM page in guest RAM")
+        self.page: bytearray | memoryview
+        if dsm.mode == "ram":
+            if ram_page is None or len(ram_page) != layout.PAGE_SIZE:
+                raise ValueError("ram mode needs a one-page view of the DSM page in guest RAM")
+            self.page = ram_page
+        else:
+            self.page = bytearray(layout.PAGE_SIZE)
         self.dsm = dsm
         self.dispatch = dispatch
-        self.page: bytearray | memoryview = ram_page if dsm.mode == "ram" else bytearray(layout.PAGE_SIZE)
         self.stats = DsmStatistics()
         self.events = events if events is not None else EventRegister(0)
 

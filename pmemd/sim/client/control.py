@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pmemd.sim.client import replies
 from pmemd.sim.client.sync import SyncClient
 from pmemd.xen.api import DomainInfo
 
@@ -20,7 +21,7 @@ class DomainControl:
         r = self._client.request(
             "domain_create", domid=domid, lowmem=lowmem, highmem=highmem, mmio_hole=mmio_hole, vcpus=vcpus
         )
-        return DomainInfo.from_reply(r)
+        return replies.domain_info(r)
 
     def create_from(self, domid: int, guest: Any) -> DomainInfo:
         """Create from a `pmemd.config.GuestConfig`."""
@@ -39,7 +40,7 @@ class DomainControl:
         self._client.request("domain_shutdown", domid=domid, reason=reason)
 
     def info(self, domid: int) -> DomainInfo:
-        return DomainInfo.from_reply(self._client.request("domain_info", domid=domid))
+        return replies.domain_info(self._client.request("domain_info", domid=domid))
 
     def close(self) -> None:
         self._client.close()

@@ -12,6 +12,7 @@ import trio
 
 from pmemd.ioreq import abi
 from pmemd.sim import platform_page, wire
+from pmemd.sim.client import replies
 from pmemd.sim.client.evtchn import SimEventChannel
 from pmemd.xen.api import DeviceModelHypervisor, DomainInfo, EventChannel, IoreqServerInfo, PlatformEvents
 from pmemd.xen.errors import ProtocolError, raise_for_reply
@@ -116,7 +117,7 @@ class SimDeviceModel(DeviceModelHypervisor):
         await self._dm("domain_shutdown", reason=reason)
 
     async def domain_info(self) -> DomainInfo:
-        return DomainInfo.from_reply(await self._dm("domain_info"))
+        return replies.domain_info(await self._dm("domain_info"))
 
     async def aclose(self) -> None:
         for chan in self._evtchns:

@@ -38,7 +38,7 @@ class SimEventChannel(EventChannel):
 
     async def bind_interdomain(self, remote_port: int) -> int:
         reply = await self._request("evtchn_bind_interdomain", handle=self.handle, remote_port=remote_port)
-        return int(reply["local_port"])  # type: ignore[arg-type]
+        return int(reply["local_port"])  # type: ignore[call-overload]
 
     async def unbind(self, local_port: int) -> None:
         await self._request("evtchn_unbind", handle=self.handle, port=local_port)
