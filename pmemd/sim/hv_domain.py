@@ -347,7 +347,7 @@ class Domain:
         try:
             if req.type == abi.IOREQ_TYPE_COPY and self.layout.ram_offset(req.addr, req.size) is not None:
                 return execute(req, self.ram, self.ram), False
-            if self._is_pmem(req):
+            if self.pmem_io is not None and self._is_pmem(req):
                 return execute(req, self.pmem_io, self.ram), False
             server = self.select(req)
             if server is None:
