@@ -7,15 +7,13 @@ loaded beside it, runs `\\_GPE._E04`, which reads the event register through NEV
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from acpi.events import EVENT_GPE, GPE_HANDLER, build_event_ssdt
 from acpi.layout import Dimm, DsmPage
 from acpi.ssdt import build_ssdt
 from acpi.table import parse_table
-from tests.harness.acpica import decompile
-from tests.harness.acpiexec import AcpiExec
+from tests.harness.acpica import AcpiExec, decompile
 
 PAGE = DsmPage(address=0xFBFFF000, notify_port=0x0A18)
 
@@ -37,11 +35,7 @@ def test_gpe_handler_runs_nevt_which_reads_the_event_register(tmp_path: Path) ->
     (tmp_path / "nvev.aml").write_bytes(build_event_ssdt())
     acpi = AcpiExec(build_ssdt([Dimm(0, 0x140000000, 1 << 30)], PAGE), tmp_path, page_base=PAGE.address)
     # acpiexec loads every table given; put the event SSDT after the NVDIMM one.
-    proc = subprocess.run(
-        ["acpiexec", "-vr", "-b", "evaluate \\_GPE._E04", str(acpi.dsdt), str(acpi.ssdt), str(tmp_path / "nvev.aml")],
-        capture_output=True, text=True, timeout=60,
-    )
-    out = proc.stdout + proc.stderr
+    out = acpi.output(["evaluate \\_GPE._E04"], tmp_path / "nvev.aml", timeout=60)
     section = out[out.index("Evaluating") :]
     assert "ACPI Error" not in section and "AE_" not in section, section
     # acpiexec's simulated port reads 0: "no event", so NEVT stops after one read.

@@ -27,7 +27,7 @@ from pmemd.ioreq.abi import IOREQ_WRITE
 from pmemd.sim import wire
 from pmemd.sim.client.vcpu import AccessResult
 from pmemd.sim.guest_driver import Guest
-from tests.harness.acpiexec import AcpiExec, package_arg, require_acpiexec, uuid_arg
+from tests.harness.acpica import AcpiExec, package_arg, require_acpica, uuid_arg
 
 MiB = 1 << 20
 SLOTS = (0, 15, 63)
@@ -143,7 +143,7 @@ Method (BW{slot:02X}, 1, Serialized)
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Any]]:
     """name -> (acpiexec's evaluation, (guest driver's accesses, its CallResult))."""
-    require_acpiexec()
+    require_acpica()
     config = guest_config()
     tmp = tmp_path_factory.mktemp("fidelity")
     acpi = AcpiExec(build_tables(config).ssdt, tmp, page_base=config.dsm.page, dsdt_body=LARGE_WRITERS)

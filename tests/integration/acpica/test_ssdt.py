@@ -8,7 +8,6 @@ the same plan the simulated guest replays.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from acpi.aml import Device, RawAml, Scope, definition_block_body
 from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID, Dimm, DsmPage
 from acpi.ssdt import build_nvdr_body, build_ssdt
 from acpi.table import HEADER_SIZE, parse_table
-from tests.harness.acpiexec import AcpiExec, Evaluation, buffer_arg, package_arg, require_acpiexec, uuid_arg
+from tests.harness.acpica import AcpiExec, Evaluation, buffer_arg, compile_asl, decompile, package_arg, uuid_arg
 
 PAGE = DsmPage(address=0xFBFFF000, notify_port=0x0A18)
 DIMMS = [
@@ -99,15 +98,6 @@ def results(request, ssdt: bytes, tmp_path_factory) -> Results:
     return Results(dict(zip(CALLS, acpi.evaluate_many(list(CALLS.values())))))
 
 
-def disassemble(blob: bytes, tmp: Path) -> str:
-    require_acpiexec()
-    (tmp / "t.aml").write_bytes(blob)
-    proc = subprocess.run(["iasl", "-d", str(tmp / "t.aml")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Error" not in proc.stdout + proc.stderr and "Warning" not in proc.stdout + proc.stderr
-    return (tmp / "t.dsl").read_text()
-
-
 def test_ssdt_header_describes_the_table(ssdt: bytes) -> None:
     table = parse_table(ssdt)
     assert table.header.signature == "SSDT"
@@ -116,7 +106,7 @@ def test_ssdt_header_describes_the_table(ssdt: bytes) -> None:
 
 
 def test_iasl_decodes_ssdt_without_errors_or_warnings(ssdt: bytes, tmp_path: Path) -> None:
-    dsl = disassemble(ssdt, tmp_path)
+    dsl = decompile(ssdt, tmp_path)
     assert 'Name (_HID, "ACPI0012"' in dsl
     for name in ("NV00", "NV01", "NV0A"):
         assert f"Device ({name})" in dsl
@@ -125,14 +115,11 @@ def test_iasl_decodes_ssdt_without_errors_or_warnings(ssdt: bytes, tmp_path: Pat
 
 
 def test_disassembled_ssdt_recompiles_cleanly(ssdt: bytes, tmp_path: Path) -> None:
-    dsl = disassemble(ssdt, tmp_path)
-    (tmp_path / "re.dsl").write_text(dsl)
-    proc = subprocess.run(["iasl", "-p", str(tmp_path / "re"), str(tmp_path / "re.dsl")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
-    assert "0 Errors, 0 Warnings" in proc.stdout
+    dsl = decompile(ssdt, tmp_path)
+    recompiled = compile_asl(dsl, tmp_path, "re")  # fails unless iasl reports 0 errors, 0 warnings
     # iasl folds `Local2 = (a >> b)` into the operator's target, so the bytes may differ;
     # the program may not: disassembling the recompiled table gives the same ASL.
-    again = disassemble((tmp_path / "re.aml").read_bytes(), tmp_path)
+    again = decompile(recompiled, tmp_path)
     assert _body(again) == _body(dsl)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ from acpi.aml import Local, Method, Store, definition_block_body
 from acpi.doorbell import Sleep, Stall, Timer
 from acpi.layout import DIMM_FAMILIES, Dimm, Doorbell, DsmPage
 from acpi.ssdt import build_ssdt
-from tests.harness.acpiexec import AcpiExec, buffer_arg, require_acpiexec
-from tests.unit.acpi.test_aml import compile_asl
+from tests.harness.acpica import AcpiExec, buffer_arg, compile_aml_body, decompile
 
 XEN = DsmPage(address=0x10000000, notify_port=0x0A18)
 QEMU = DsmPage(address=0x10000000, notify_port=0x0A18, doorbell=Doorbell(timeout_ms=4000))
@@ -39,15 +37,11 @@ SHARED_NAMES = re.compile(r"HDR0|RHD0|HBUF|HHDL|HREV|HFUN|HLEN|RIN\d|ROU\d|IN\d_
 def test_stall_sleep_and_timer_encode_as_iasl_compiles_them(tmp_path: Path) -> None:
     asl = "Method (MTH9, 0) { Stall (0x0A) Sleep (One) Store (Timer, Local0) }"
     terms = Method("MTH9", 0, Stall(10), Sleep(1), Store(Timer(), Local(0)))
-    assert definition_block_body(terms) == compile_asl(asl, tmp_path)
+    assert definition_block_body(terms) == compile_aml_body(asl, tmp_path)
 
 
 def disassemble(blob: bytes, tmp: Path, name: str) -> list[str]:
-    require_acpiexec()
-    (tmp / f"{name}.aml").write_bytes(blob)
-    proc = subprocess.run(["iasl", "-d", str(tmp / f"{name}.aml")], capture_output=True, text=True)
-    assert proc.returncode == 0 and "Warning" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    text = (tmp / f"{name}.dsl").read_text()
+    text = decompile(blob, tmp, name)
     return [line.strip() for line in text[text.index("DefinitionBlock"):].splitlines()[1:] if line.strip()]
 
 

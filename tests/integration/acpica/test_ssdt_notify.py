@@ -8,7 +8,6 @@ reads that word on each of its bounded reads. acpiexec logs every Notify it rece
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from acpi.events import EVENT_GPE, decode_event, encode_event, event_bound
 from acpi.layout import Dimm, DsmPage
 from acpi.ssdt import build_ssdt
-from tests.harness.acpiexec import AcpiExec, require_acpiexec
+from tests.harness.acpica import AcpiExec, decompile
 
 PAGE = DsmPage(address=0xFBFFF000, notify_port=0x0A18)
 DIMMS = [
@@ -82,11 +81,7 @@ def test_empty_register_and_unclaimed_port_end_the_drain_at_once(seen: dict[str,
 
 
 def test_nevt_reads_the_notify_register_in_the_disassembly(tmp_path: Path) -> None:
-    require_acpiexec()
-    (tmp_path / "t.aml").write_bytes(build_ssdt(DIMMS, PAGE))
-    proc = subprocess.run(["iasl", "-d", str(tmp_path / "t.aml")], capture_output=True, text=True)
-    assert proc.returncode == 0 and "Warning" not in proc.stdout + proc.stderr
-    dsl = (tmp_path / "t.dsl").read_text()
+    dsl = decompile(build_ssdt(DIMMS, PAGE), tmp_path)
     assert "Method (NEVT, 0, Serialized)" in dsl
     assert "Local7 = NTFY" in dsl
     assert "Notify (\\_SB.NVDR, (Local7 & 0xFF))" in dsl

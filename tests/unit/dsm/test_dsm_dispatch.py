@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from pmemd.dsm.families import intel_dimm_functions, nfit_root_functions
 from pmemd.dsm.functions import FunctionTable
 from pmemd.dsm.label_store import MemoryLabelStore
 from pmemd.dsm.page import decode_reply, decode_request, encode_request
-from tests.harness.paths import REPO
 
 LABEL_SIZE = 128 * 1024
 LABEL_MASK = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 6  # 0x71, as QEMU
@@ -372,15 +369,3 @@ def test_random_page_bytes_get_a_well_formed_reply(page: bytes) -> None:
     with structlog.testing.capture_logs():
         reply = fuzz_dispatcher().dispatch(page)
     assert Int32ul.parse(reply[:4]) == len(reply) >= 8
-
-
-# Purity.
-
-
-def test_dispatch_modules_import_neither_trio_nor_the_file_store() -> None:
-    code = (
-        "import sys, pmemd.dsm.build, pmemd.dsm.dispatcher\n"
-        "print(sorted(m for m in ('trio', 'pmemd.daemon.label_file') if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pmemd.dsm.dispatcher import Dispatcher
 from pmemd.dsm.label_store import LabelStore, MemoryLabelStore
 from pmemd.dsm.labels import MAX_LABEL_TRANSFER
 from pmemd.dsm.page import decode_reply, encode_request
+from tests.harness.files import immutable
 
 MiB = 1 << 20
 LABEL_SIZE = 128 * 1024
@@ -331,16 +331,13 @@ def test_read_only_backing_file_still_advertises_label_functions(backing: Path) 
 def read_only(path: Path) -> Iterator[None]:
     """Make `path` unwritable for this process: mode 0444, plus the immutable flag as root."""
     path.chmod(0o444)
-    immutable = False
     try:
         if os.access(path, os.W_OK):  # root ignores the mode
-            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-                pytest.skip("cannot make a file read-only for root here (no chattr +i)")
-            immutable = True
-        yield
+            with immutable(path):
+                yield
+        else:
+            yield
     finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
         path.chmod(0o644)
 
 

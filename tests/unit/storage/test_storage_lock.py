@@ -9,6 +9,7 @@ import pytest
 
 from pmemd.storage import BackingLock, LockHeld
 from pmemd.storage.lock import HOLDER_XATTR
+from tests.harness.files import immutable
 
 
 @pytest.fixture
@@ -54,14 +55,6 @@ def test_holding_the_lock_does_not_change_the_file(backing: Path) -> None:
 
 
 def test_a_file_that_cannot_carry_the_holder_record_is_still_locked(backing: Path) -> None:
-    import shutil
-    import subprocess
-
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(backing)]).returncode != 0:
-        pytest.skip("cannot make the file immutable")
-    try:
-        with BackingLock(backing, domid=1):
-            with pytest.raises(LockHeld, match=f"in use by pid {os.getpid()}"):
-                BackingLock(backing, domid=2).acquire()
-    finally:
-        subprocess.run(["chattr", "-i", str(backing)], check=True)
+    with immutable(backing), BackingLock(backing, domid=1):
+        with pytest.raises(LockHeld, match=f"in use by pid {os.getpid()}"):
+            BackingLock(backing, domid=2).acquire()
