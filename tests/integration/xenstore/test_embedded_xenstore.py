@@ -1,0 +1,56 @@
+"""`[xen] xenstore = "embedded"`: the daemon runs a private xenstored in-process.
+
+Its state keys are there for Debian's real clients to read; with no toolstack sharing it,
+nothing is published in dm-acpi; it goes away with the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness.daemon_process import MiB, start_daemon, write_config
+
+DOMID = 9
+
+
+@pytest.fixture
+async def daemon_socket(sim, tmp_path: Path):
+    if shutil.which("xenstore-read") is None:
+        pytest.skip("xenstore-utils not installed; ./dev test installs them")
+    await sim.create_domain(DOMID, vcpus=2, lowmem=64 * MiB, unpause=False)
+    config = write_config(tmp_path, sim.path, domid=DOMID)
+    async with start_daemon(tmp_path, "--config", str(config)) as daemon:
+        await daemon.ready()
+        lines = [json.loads(line) for line in daemon.stderr.read_text().splitlines() if line.startswith("{")]
+        (socket,) = [e["socket"] for e in lines if e.get("event") == "embedded xenstored"]
+        yield socket, daemon
+
+
+def xenstore(tool: str, socket: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([tool, *args], env={**os.environ, "XENSTORED_PATH": socket},
+                          capture_output=True, text=True, timeout=10)
+
+
+async def test_embedded_xenstored_holds_the_running_state_key(daemon_socket) -> None:
+    socket, _ = daemon_socket
+    proc = xenstore("xenstore-read", socket, f"/local/domain/{DOMID}/pmemd/state")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "running")
+
+
+async def test_embedded_xenstored_has_no_dm_acpi_entries(daemon_socket) -> None:
+    socket, _ = daemon_socket
+    proc = xenstore("xenstore-ls", socket, f"/local/domain/{DOMID}")
+    assert "dm-acpi" not in proc.stdout
+
+
+async def test_embedded_xenstored_goes_away_with_the_daemon(daemon_socket) -> None:
+    socket, daemon = daemon_socket
+    daemon.terminate()
+    assert await daemon.wait() == 0
+    assert not Path(socket).exists()
