@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
+from pmemd.daemon import serve
 from pmemd.daemon import steps as daemon
 from pmemd.daemon.dmacpi import Buffer, DmAcpiError, dm_acpi_path
 from pmemd.daemon.state_key import error_code_path, state_dir, state_key_path, wait_state
@@ -48,15 +49,17 @@ async def test_state_is_initialising_while_steps_are_still_being_set_up(
         await release.wait()
         yield
 
-    index = [name for name, _ in daemon.STEPS].index("ioreq-server")
-    monkeypatch.setattr(daemon, "STEPS", [*daemon.STEPS[:index], ("slow", slow_step), *daemon.STEPS[index:]])
+    index = [name for name, _ in serve.STEPS].index("ioreq-server")
+    # serve_guest walks the list it imported, so that is the one to patch.
+    monkeypatch.setattr(serve, "STEPS", [*serve.STEPS[:index], ("slow", slow_step), *serve.STEPS[index:]])
     started: list[Daemon] = []
 
     async def start() -> None:
         started.append(await host.start_daemon(cfg))
 
     host.nursery.start_soon(start)
-    await reached.wait()
+    with trio.fail_after(10):
+        await reached.wait()
     assert await read(host, STATE) == b"initialising"
     release.set()
     with trio.fail_after(10):
