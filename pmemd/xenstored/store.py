@@ -605,7 +605,9 @@ class Session:
             ops.write(self._canon(path), value)
             return OK
         if kind == MsgType.SET_PERMS:
-            path, *texts = decode_strings(msg.payload)
+            path, *texts = decode_strings(msg.payload) or [""]
+            if not texts:
+                raise error_for("EINVAL", "SET_PERMS needs a path and at least one permission")
             ops.set_perms(self._canon(path), tuple(Perm.parse(t) for t in texts))
             return OK
         if kind == MsgType.DIRECTORY_PART:
@@ -772,7 +774,13 @@ class Session:
     def _queue_event(self, watch: _Watch, path: str) -> None:
         if watch.relative_to is not None and path.startswith(watch.relative_to + "/"):
             path = path[len(watch.relative_to) + 1:]
-        event = Message(MsgType.WATCH_EVENT, 0, 0, encode_strings(path, watch.token))
+        try:
+            event = Message(MsgType.WATCH_EVENT, 0, 0, encode_strings(path, watch.token))
+        except LocalProtocolError:
+            # C xenstored: "Don't try to send over-long events." Dropped for this watcher only: a
+            # guest's oversized token must not fail the request of whoever made the change.
+            self.log.info("watch event too long to send, dropped", path=path, token_length=len(watch.token))
+            return
         if self._deferred is not None:
             self._deferred.append(event)  # the reply to the current request goes first
         else:
