@@ -8,6 +8,7 @@ expected: integer"). Integers are range-checked here too, so handlers see valid 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ class Param:
     """One parameter: its wire name, JSON type, whether required, and integer bounds."""
 
     name: str
-    kind: str  # "str", "int", "bool", "number", "str-list"
+    kind: str  # "str", "int", "bool", "number", "str-list", "path" (a str a file can be named)
     required: bool = True
     lo: int = 0
     hi: int = U64_MAX
@@ -32,7 +33,8 @@ class Param:
         return self.name.replace("-", "_")
 
 
-_EXPECTED = {"str": "string", "int": "integer", "bool": "boolean", "number": "number", "str-list": "array of strings"}
+_EXPECTED = {"str": "string", "int": "integer", "bool": "boolean", "number": "number", "str-list": "array of strings",
+             "path": "string"}
 
 
 def check_arguments(params: tuple[Param, ...], arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,12 +54,27 @@ def check_arguments(params: tuple[Param, ...], arguments: Mapping[str, Any]) -> 
             raise QmpError(f"Invalid parameter type for '{p.name}', expected: {_EXPECTED[p.kind]}")
         if p.kind == "int" and not p.lo <= value <= p.hi:
             raise QmpError(f"Parameter '{p.name}' expects a value between {p.lo} and {p.hi}")
+        if p.kind == "number" and not math.isfinite(value):  # JSON's 1e999 parses as inf
+            raise QmpError(f"Parameter '{p.name}' expects a finite number")
+        if p.kind == "path" and _path_problem(value):
+            raise QmpError(f"Parameter '{p.name}' {_path_problem(value)}")
         out[p.keyword] = value
     return out
 
 
+def _path_problem(value: str) -> str | None:
+    """Why no file can have this name (os.open would raise ValueError), or None."""
+    if "\0" in value:
+        return "contains a NUL character"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    return None
+
+
 def _is(kind: str, value: object) -> bool:
-    if kind == "str":
+    if kind in ("str", "path"):
         return isinstance(value, str)
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)

@@ -94,7 +94,7 @@ def query_memory_devices(ctl: GuestControl) -> list[dict[str, Any]]:
     ]
 
 
-@command("xen-save-devices-state", Param("filename", "str"), Param("live", "bool", required=False))
+@command("xen-save-devices-state", Param("filename", "path"), Param("live", "bool", required=False))
 def xen_save_devices_state(ctl: GuestControl, filename: str, live: bool = False) -> dict[str, Any]:
     """Write the device state (poison, health, ARS) to `filename`; labels stay in the backing files."""
     try:
@@ -105,7 +105,7 @@ def xen_save_devices_state(ctl: GuestControl, filename: str, live: bool = False)
     return {}
 
 
-@command("xen-load-devices-state", Param("filename", "str"))
+@command("xen-load-devices-state", Param("filename", "path"))
 def xen_load_devices_state(ctl: GuestControl, filename: str) -> dict[str, Any]:
     """Load device state saved by xen-save-devices-state; the guest must not be running."""
     if ctl.runstate is RunState.RUNNING:

@@ -164,3 +164,25 @@ async def test_a_client_that_stops_reading_events_is_dropped_and_others_keep_the
     assert received == sent
     assert guest.qmp.client_count() == 1
     await stuck.stream.aclose()
+
+
+@pytest.mark.parametrize("line", [
+    b'{"execute": "pmemd-set-health", "arguments": {"slot": 0, "media-temperature": 1e999}, "id": 1}',
+    b'{"execute": "pmemd-set-health", "arguments": {"slot": 0, "ctrl-temperature": -1e999}, "id": 1}',
+], ids=["inf", "-inf"])
+async def test_a_temperature_json_reads_as_infinite_gets_a_generic_error_naming_it(raw, line):
+    await raw.send(line)
+    reply = await raw.line()
+    assert reply["error"]["class"] == "GenericError" and "temperature' expects a finite number" in reply["error"]["desc"]
+    await raw.send(b'{"execute": "query-status"}')
+    assert (await raw.line())["return"]["status"] == "running"
+
+
+@pytest.mark.parametrize("command", ["xen-save-devices-state", "xen-load-devices-state"])
+@pytest.mark.parametrize("filename", [rb'"/tmp/a\u0000b"', rb'"/tmp/\udc80"'], ids=["nul", "lone-surrogate"])
+async def test_a_filename_no_file_can_have_gets_a_generic_error_naming_it(raw, command, filename):
+    await raw.send(b'{"execute": "stop", "id": 1}')
+    await raw.send(b'{"execute": "%s", "arguments": {"filename": %s}, "id": 2}' % (command.encode(), filename))
+    while (reply := await raw.line()).get("id") != 2:
+        pass
+    assert reply["error"]["class"] == "GenericError" and reply["error"]["desc"].startswith("Parameter 'filename'")
