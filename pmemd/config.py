@@ -420,7 +420,7 @@ def _nvdimm(t: Any, index: int, base_dir: Path) -> NvdimmConfig:
             raise ConfigError(f"{name}.flush_hint", f"must be 8-byte aligned, got {flush_hint:#x}")
     serial = parse_int(t.get("serial", 0x504D0000 + slot), f"{name}.serial", 0, 0xFFFFFFFF)
     family = t.get("family", "intel")
-    if family not in DIMM_FAMILIES:
+    if not isinstance(family, str) or family not in DIMM_FAMILIES:
         raise ConfigError(f"{name}.family", f"must be one of {', '.join(DIMM_FAMILIES)}, got {family!r}")
     path = Path(backing)
     if not path.is_absolute():
