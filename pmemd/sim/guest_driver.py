@@ -46,6 +46,7 @@ from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
 
 QWORD_MASK = (1 << 64) - 1
 MCE_VECTOR = 18  # #MC
+ADDRESS_SPACE_END = 1 << 64
 EHWPOISON = getattr(errno, "EHWPOISON", 133)  # what the simulator answers a read of poison with
 
 
@@ -240,6 +241,7 @@ class Guest:
                 return self.events(poll=line.get("poll") is True)
             if "read" in line:
                 gpa, length = _int_field(line, "read", None), _int_field(line, "length", None)
+                _check_range("read", gpa, length)
                 return {"data": self.read_memory(gpa, length, vcpu=_int_field(line, "vcpu", 0)).hex()}
             if "write" in line:
                 gpa = _int_field(line, "write", None)
@@ -247,6 +249,7 @@ class Guest:
                     data = bytes.fromhex(line.get("data", ""))
                 except (TypeError, ValueError):
                     raise ScriptError("data must be a hex string") from None
+                _check_range("write", gpa, len(data))
                 self.write_memory(gpa, data, vcpu=_int_field(line, "vcpu", 0))
                 return {"ok": True}
             if "function" in line:
@@ -300,6 +303,12 @@ def _read_or_mce(conn: GuestConnection, gpa: int, width: int) -> int:
             raise MachineCheck(f"machine check: {e.message}", {"vector": MCE_VECTOR, "address": gpa,
                                                                "length": width}) from None
         raise
+
+
+def _check_range(name: str, gpa: int, length: int) -> None:
+    """A guest physical access must end inside the 64-bit address space a vCPU can reach."""
+    if gpa + max(length, 1) > ADDRESS_SPACE_END:
+        raise ScriptError(f"{name}: {length} bytes at {gpa:#x} pass the end of the 64-bit address space")
 
 
 def _width(gpa: int, remaining: int) -> int:

@@ -6,11 +6,15 @@ A bad value is one line on stderr naming the field and exit 1; a bad guest-scrip
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
+
+from tests.harness.qmp_harness import write_guest_config
 
 PMEMD = [sys.executable, "-m", "pmemd.cli"]
 
@@ -30,3 +34,24 @@ def test_a_family_that_is_not_a_string_is_a_config_error_naming_the_field(tmp_pa
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.startswith("pmemd: nvdimm[0].family: must be one of"), proc.stderr
+
+
+GUEST_DOMID = 11
+HOSTILE_LINES = [
+    {"write": 18446744073709551612, "data": "0011223344556677"},
+    {"read": 2**64, "length": 1},
+    {"read": 2**64 - 4, "length": 8},
+    {"write": 2**64 - 1, "data": "0000"},
+]
+
+
+async def test_guest_script_lines_past_the_address_space_are_errors_and_the_script_goes_on(sim_process, tmp_path: Path) -> None:
+    await sim_process.create_domain(GUEST_DOMID, lowmem=64 << 20)
+    cfg = write_guest_config(tmp_path, sim_process.path, domid=GUEST_DOMID, nvdimms=1)
+    script = "".join(json.dumps(line) + "\n" for line in [*HOSTILE_LINES, {"read": 0x1000, "length": 4}])
+    proc = await trio.run_process([*PMEMD, "guest", "--config", str(cfg), "-"], stdin=script.encode(),
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    results = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [("error" in r and "address space" in r["error"]) for r in results[:-1]] == [True] * len(HOSTILE_LINES)
+    assert results[-1] == {"data": "00000000"}
