@@ -118,6 +118,8 @@ def malformed(req: IoRequest) -> str | None:
         return f"{'PIO' if req.type == abi.IOREQ_TYPE_PIO else 'PCI config'} size {req.size} > 4"
     if not 1 <= req.count <= MAX_REP_COUNT:
         return f"count {req.count} outside 1..{MAX_REP_COUNT}"
+    if req.count * req.size > abi.PAGE_SIZE:  # Xen clips every rep access to one page
+        return f"rep access of {req.count} × {req.size} bytes exceeds one page"
     if req.type == abi.IOREQ_TYPE_PCI_CONFIG and req.count != 1:
         return f"PCI config count {req.count} != 1"
     return None

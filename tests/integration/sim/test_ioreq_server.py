@@ -206,3 +206,18 @@ async def test_every_vcpu_is_served_through_its_own_slot(sim, nursery):
         for v in range(4):
             guests.start_soon(vcpu, v)
     assert results == {v: 0x1100_0000_0000_0000 | (MMIO_BASE + 8 * v) for v in range(4)}
+
+
+async def test_a_rep_access_larger_than_one_page_is_malformed(sim, nursery):
+    """Xen clips a rep access to one page (count × size ≤ 4096): 4096 notify writes in one ioreq are not real."""
+    server, device = await start(sim, nursery)
+    dom = sim.hv.domain(1)
+    await dom.access(0, req(abi.IOREQ_TYPE_PIO, PORT, 4, read=False, data=0x3000, count=4096, ptr=True))
+    await dom.access(0, req(abi.IOREQ_TYPE_PIO, PORT, 2, read=False, data=0x3000, count=2049, ptr=True))
+    assert server.statistics().malformed == 2 and device.log == []
+
+
+async def test_a_rep_access_of_exactly_one_page_is_served(sim, nursery):
+    server, device = await start(sim, nursery)
+    await sim.hv.domain(1).access(0, req(abi.IOREQ_TYPE_PIO, PORT, 4, read=False, data=0x3000, count=1024, ptr=True))
+    assert server.statistics().malformed == 0 and len(device.log) == 1024
