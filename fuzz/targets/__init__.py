@@ -1,0 +1,1 @@
+"""One module per fuzz target: `run(data)`, `ALLOWED`, and the contract in the docstring."""
