@@ -13,7 +13,8 @@ Everything comes from Debian packages on the host, cached under `cache_dir()`
   and prints `pmemd-lab: exit <status>` before powering off.
 
 The initramfs's cache key hashes the kernel version, the host's busybox and ndctl
-binaries and `INIT`, so an upgraded package or an edited init rebuilds it.
+binaries and `INIT`, so an upgraded package or an edited init rebuilds it. Runs sharing the
+cache take turns building and publish each entry atomically (`pmemd.lab.cache`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import structlog
+
+from .cache import locked, publish, remove_abandoned
 
 log = structlog.get_logger("pmemd.lab")
 
@@ -74,12 +77,13 @@ def cache_dir() -> Path:
 def prepare(cache: Path | None = None) -> BootFiles:
     """The kernel and initramfs, from the cache when their inputs have not changed."""
     cache = cache or cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
     package = _kernel_package()
     version = package.removeprefix("linux-image-")
-    root = _unpacked_kernel(cache, package, version)
-    vmlinux = _vmlinux(cache, root, version)
-    initramfs = _initramfs(cache, root, version)
+    with locked(cache):
+        remove_abandoned(cache)
+        root = _unpacked_kernel(cache, package, version)
+        vmlinux = _vmlinux(cache, root, version)
+        initramfs = _initramfs(cache, root, version)
     return BootFiles(vmlinux, initramfs, version)
 
 
@@ -105,23 +109,20 @@ def _unpacked_kernel(cache: Path, package: str, version: str) -> Path:
     root = cache / package
     if (root / "lib/modules" / version / "modules.dep").exists():
         return root
+    shutil.rmtree(root, ignore_errors=True)  # an unpacked tree without modules.dep: an older layout
     log.info("lab: fetching kernel package", package=package)
-    downloads = cache / "downloads"
-    downloads.mkdir(exist_ok=True)
-    for stale in downloads.glob(f"{package}_*.deb"):
-        stale.unlink()
-    _run(["apt-get", "download", package], cwd=downloads)
-    debs = sorted(downloads.glob(f"{package}_*.deb"))
-    if not debs:
-        raise ImageError(f"apt-get download {package} left no .deb in {downloads}")
-    tmp = cache / f"{package}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    _run(["dpkg", "-x", str(debs[-1]), str(tmp)])
-    _run(["depmod", "-b", str(tmp), version])
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-    debs[-1].unlink()
-    return root
+
+    def unpack(tmp: Path) -> None:
+        downloads = tmp.parent / "downloads"
+        downloads.mkdir()
+        _run(["apt-get", "download", package], cwd=downloads)
+        debs = sorted(downloads.glob(f"{package}_*.deb"))
+        if not debs:
+            raise ImageError(f"apt-get download {package} left no .deb in {downloads}")
+        _run(["dpkg", "-x", str(debs[-1]), str(tmp)])
+        _run(["depmod", "-b", str(tmp), version])
+
+    return publish(cache, package, unpack)
 
 
 def _vmlinux(cache: Path, root: Path, version: str) -> Path:
@@ -136,10 +137,7 @@ def _vmlinux(cache: Path, root: Path, version: str) -> Path:
     elf = decompressor.decompress(image[start:])  # trailing bytes after the stream are ignored
     if not elf.startswith(b"\x7fELF"):
         raise ImageError(f"the xz payload of vmlinuz-{version} is not an ELF image")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(elf)
-    tmp.rename(out)
-    return out
+    return publish(cache, out.name, lambda tmp: tmp.write_bytes(elf))
 
 
 def _initramfs(cache: Path, root: Path, version: str) -> Path:
@@ -154,11 +152,12 @@ def _initramfs(cache: Path, root: Path, version: str) -> Path:
     log.info("lab: building initramfs", out=str(out))
     for old in cache.glob(f"initramfs-{version}-*.cpio"):
         old.unlink()
-    tmp = out.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        _write_cpio(f, files)
-    tmp.rename(out)
-    return out
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            _write_cpio(f, files)
+
+    return publish(cache, out.name, write)
 
 
 def _initramfs_files(root: Path, version: str) -> dict[str, bytes | str]:
