@@ -206,8 +206,10 @@ def run_demo(args: argparse.Namespace) -> int:
                 note = ", checksum ok"
             print(f"  {name}: {len(data)} bytes{note}")
         print(f"  NFIT structure types: {[s.header.type for s in parse_nfit(tables.nfit)]}")
-        log_path = Path(tempfile.gettempdir()) / f"pmemd-demo-{cfg.domid}.log"
-        with log_path.open("w") as log_file:
+        # A fresh name per run: two demos at once (two CI jobs on one machine) share the domid.
+        fd, name = tempfile.mkstemp(prefix=f"pmemd-demo-{cfg.domid}-", suffix=".log")
+        log_path = Path(name)
+        with open(fd, "w") as log_file:
             logs.configure("json", domid=cfg.domid, stream=log_file)
             boot, lines = trio.run(demo, cfg, source, log_path)
         print("boot:")

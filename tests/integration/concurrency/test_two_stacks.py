@@ -1,0 +1,154 @@
+"""Two complete stacks on one machine at once — simulator, `pmemd domain`, `pmemd run` with a
+pidfile, QMP socket, state file, embedded xenstored and save file, and a guest script — with
+different domids and one shared runtime, temporary and home directory: neither sees the
+other's sockets, pidfiles, state or labels. And two `pmemd demo` runs at once keep their logs apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+PMEMD = [sys.executable, "-m", "pmemd.cli"]
+DOMIDS = (21, 22)
+LABEL_SIZE = 128 << 10
+
+
+@pytest.fixture
+def machine() -> Iterator[Path]:
+    """What the two stacks share: XDG_RUNTIME_DIR, TMPDIR and HOME (short paths: Unix sockets)."""
+    root = Path(tempfile.mkdtemp(prefix="pm2", dir="/tmp"))
+    for name in ("run", "tmp", "home"):
+        (root / name).mkdir()
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def env_for(machine: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_RUNTIME_DIR": str(machine / "run"), "TMPDIR": str(machine / "tmp"),
+            "HOME": str(machine / "home")}
+
+
+def write_config(machine: Path, domid: int) -> Path:
+    stack = machine / f"dom{domid}"
+    stack.mkdir()
+    backing = stack / "nv0.img"
+    with open(backing, "wb") as f:
+        f.truncate((2 << 20) + LABEL_SIZE)
+    path = stack / "guest.toml"
+    path.write_text(
+        f'domid = {domid}\n[guest]\nlowmem = "64M"\n'
+        f'[dsm]\nstate_file = "{machine / "run" / f"pmemd-{domid}.state"}"\n'
+        f'[xen]\nhypervisor = "{stack / "hv"}"\nxenstore = "embedded"\n'
+        f'[qmp]\nsocket = "{machine / "run" / f"qmp-pmemd-{domid}"}"\n'
+        f'[[nvdimm]]\nbacking = "{backing}"\nsize = {(2 << 20) + LABEL_SIZE}\nlabel_size = "128K"\n'
+    )
+    return path
+
+
+def label_script(domid: int) -> tuple[str, bytes]:
+    data = f"dom{domid:05d}".encode()  # 8 bytes, one per stack
+    write = data.hex()
+    lines = [{"dimm": 0, "function": 6, "arg3": (0).to_bytes(4, "little").hex() + (8).to_bytes(4, "little").hex() + write},
+             {"dimm": 0, "function": 5, "arg3": (0).to_bytes(4, "little").hex() + (8).to_bytes(4, "little").hex()}]
+    return "".join(json.dumps(line) + "\n" for line in lines), data
+
+
+async def pmemd(env: dict[str, str], *argv: str, stdin: bytes = b"") -> str:
+    with trio.fail_after(60):
+        result = await trio.run_process([*PMEMD, *argv], env=env, stdin=stdin, capture_stdout=True,
+                                        capture_stderr=True, check=False)
+    assert result.returncode == 0, f"pmemd {' '.join(argv)}: {result.stderr.decode()[-2000:]}"
+    return result.stdout.decode()
+
+
+async def until_serving(env: dict[str, str], config: Path, daemon: trio.Process) -> None:
+    with trio.fail_after(60):
+        while True:
+            assert daemon.returncode is None, "pmemd run exited"
+            probe = await trio.run_process([*PMEMD, "qmp-health", "--config", str(config)], env=env,
+                                           capture_stdout=True, capture_stderr=True, check=False)
+            if probe.returncode == 0:
+                return
+            await trio.sleep(0.2)
+
+
+async def run_stack(machine: Path, domid: int, results: dict[int, dict]) -> None:
+    env, config = env_for(machine), write_config(machine, domid)
+    stack = config.parent
+    pidfile, save = machine / "run" / f"pmemd-{domid}.pid", stack / "saved"
+    sim = await trio.lowlevel.open_process([*PMEMD, "sim", "--socket", str(stack / "hv")], env=env,
+                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    daemon = None
+    try:
+        assert sim.stdout is not None
+        with trio.fail_after(30):
+            buf = b""
+            while b"ready\n" not in buf:
+                chunk = await sim.stdout.receive_some()
+                assert chunk, "pmemd sim exited before it was ready"
+                buf += chunk
+        await pmemd(env, "domain", "create", "--config", str(config))
+        daemon = await trio.lowlevel.open_process(
+            [*PMEMD, "run", "--config", str(config), "--pidfile", str(pidfile), "--save", str(save),
+             "--log-format", "json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await until_serving(env, config, daemon)
+        pid = int(pidfile.read_text())
+        await pmemd(env, "domain", "unpause", "--config", str(config))
+        script, data = label_script(domid)
+        out = await pmemd(env, "guest", "--config", str(config), "-", stdin=script.encode())
+        daemon.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            code = await daemon.wait()
+        results[domid] = {"pid": pid, "daemon_pid": daemon.pid, "exit": code, "calls": [json.loads(x) for x in out.splitlines()],
+                          "data": data, "label_area": (stack / "nv0.img").read_bytes()[2 << 20:(2 << 20) + 8],
+                          "saved": save.exists(), "state_file": (machine / "run" / f"pmemd-{domid}.state").exists()}
+    finally:
+        for proc in (daemon, sim):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@pytest.mark.timeout(150)
+async def test_two_stacks_with_different_domids_run_at_once_without_interfering(machine: Path) -> None:
+    results: dict[int, dict] = {}
+    async with trio.open_nursery() as nursery:
+        for domid in DOMIDS:
+            nursery.start_soon(run_stack, machine, domid, results)
+    for domid in DOMIDS:
+        r = results[domid]
+        assert (r["exit"], r["pid"]) == (0, r["daemon_pid"])
+        assert [c.get("status") for c in r["calls"]] == [0, 0]
+        assert bytes.fromhex(r["calls"][1]["out"])[4:] == r["data"]
+        assert r["label_area"] == r["data"]
+        assert r["saved"] and r["state_file"]
+    assert sorted(p.name for p in (machine / "run").iterdir() if not p.name.endswith(".state")) == []
+
+
+@pytest.mark.timeout(150)
+async def test_two_demos_at_once_each_succeed_and_keep_their_own_log(machine: Path) -> None:
+    outputs: list[str] = []
+
+    async def demo() -> None:
+        outputs.append(await pmemd(env_for(machine), "demo"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(demo)
+    logs = [re.search(r"log in (\S+)", out).group(1) for out in outputs]  # type: ignore[union-attr]
+    assert len(set(logs)) == 2
+    assert all("label read back: status 0 (success), matches" in out for out in outputs)
