@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from acpi import dsm_buffer as page  # noqa: E402
 from pmemd.ioreq import abi  # noqa: E402
-from pmemd.ioreq.machine import IoRequest  # noqa: E402
+from pmemd.sim.ioreq import Request  # noqa: E402
 
 ROUNDS = 7
 LABEL_SIZE = 128 * 1024
@@ -135,7 +135,7 @@ async def drain(stream: trio.abc.ReceiveStream) -> None:
 
 
 async def ioreq_round(dom, base: int, n: int) -> float:
-    read = IoRequest(abi.IOREQ_TYPE_COPY, base, 0, 1, 8, abi.IOREQ_READ, False, False)
+    read = Request(abi.IOREQ_TYPE_COPY, base, 0, 1, 8, abi.IOREQ_READ, False, False)
     t0 = time.perf_counter()
     for _ in range(n):
         await dom.access(0, read)
@@ -152,17 +152,17 @@ async def sim_call(dom, base: int, port: int, handle: int, function: int, arg3: 
     traps = 0
     for a in page.request_accesses(len(arg3)):
         if a.space == "io":
-            req = IoRequest(abi.IOREQ_TYPE_PIO, port, base & 0xFFFFFFFF, 1, a.width, abi.IOREQ_WRITE, False, False)
+            req = Request(abi.IOREQ_TYPE_PIO, port, base & 0xFFFFFFFF, 1, a.width, abi.IOREQ_WRITE, False, False)
         else:
             value = int.from_bytes(request[a.offset : a.offset + a.width].ljust(a.width, b"\0"), "little")
-            req = IoRequest(abi.IOREQ_TYPE_COPY, base + a.offset, value, 1, a.width, abi.IOREQ_WRITE, False, False)
+            req = Request(abi.IOREQ_TYPE_COPY, base + a.offset, value, 1, a.width, abi.IOREQ_WRITE, False, False)
         traps += (await dom.access(0, req))[1]
-    head = IoRequest(abi.IOREQ_TYPE_COPY, base, 0, 1, 8, abi.IOREQ_READ, False, False)
+    head = Request(abi.IOREQ_TYPE_COPY, base, 0, 1, 8, abi.IOREQ_READ, False, False)
     value, trapped = await dom.access(0, head)
     traps += trapped
     for a in page.reply_accesses(value & 0xFFFFFFFF):
         if a.offset != page.REPLY_LENGTH_OFFSET:
-            req = IoRequest(abi.IOREQ_TYPE_COPY, base + a.offset, 0, 1, a.width, abi.IOREQ_READ, False, False)
+            req = Request(abi.IOREQ_TYPE_COPY, base + a.offset, 0, 1, a.width, abi.IOREQ_READ, False, False)
             traps += (await dom.access(0, req))[1]
     return traps
 

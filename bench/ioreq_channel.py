@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pmemd.ioreq import abi
 from pmemd.ioreq.device import IoRange
-from pmemd.ioreq.machine import IoRequest
+from pmemd.sim.ioreq import Request
 
 MMIO = 0xF000_0000
 DOMID = 1
@@ -122,7 +122,7 @@ async def sim_round_trips(n: int) -> tuple[float, float]:
             buf = b""
             while b"ready" not in buf:
                 buf += await dm.stdout.receive_some()
-            read = IoRequest(abi.IOREQ_TYPE_COPY, MMIO, 0, 1, 4, abi.IOREQ_READ, False, False)
+            read = Request(abi.IOREQ_TYPE_COPY, MMIO, 0, 1, 4, abi.IOREQ_READ, False, False)
             for _ in range(1000):
                 await dom.access(0, read)
             t0 = time.perf_counter()

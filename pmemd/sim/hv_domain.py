@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from pmemd.ioreq import abi
-from pmemd.ioreq.device import Device
-from pmemd.ioreq.machine import IoRequest, Verdict, all_ones, execute, hypervisor_observes, needs_completion
+from pmemd.sim import ioreq
+from pmemd.sim.errors import DomainDead, XenError
+from pmemd.sim.hv_emulate import Handler, NullHandler, all_ones, perform
 from pmemd.sim.hv_physmap import Physmap
 from pmemd.sim.hv_ranges import RangeSet
-from pmemd.xen.errors import DomainCrashed, HypervisorError
+from pmemd.sim.ioreq import Request
 
 log = structlog.get_logger("pmemd.sim.domain")
 
@@ -49,12 +49,12 @@ class Layout:
     vcpus: int
 
     def __post_init__(self) -> None:
-        if self.lowmem <= 0 or self.lowmem % abi.PAGE_SIZE or self.highmem % abi.PAGE_SIZE or self.highmem < 0:
-            raise HypervisorError(errno.EINVAL, "RAM sizes must be positive multiples of 4 KiB")
+        if self.lowmem <= 0 or self.lowmem % ioreq.PAGE_SIZE or self.highmem % ioreq.PAGE_SIZE or self.highmem < 0:
+            raise XenError(errno.EINVAL, "RAM sizes must be positive multiples of 4 KiB")
         if self.lowmem > FOUR_GIB - self.mmio_hole or self.mmio_hole < 0:
-            raise HypervisorError(errno.EINVAL, "lowmem overlaps the MMIO hole")
-        if not 1 <= self.vcpus <= abi.MAX_VCPUS:
-            raise HypervisorError(errno.EINVAL, f"vcpus must be 1..{abi.MAX_VCPUS}")
+            raise XenError(errno.EINVAL, "lowmem overlaps the MMIO hole")
+        if not 1 <= self.vcpus <= ioreq.HVM_MAX_VCPUS:
+            raise XenError(errno.EINVAL, f"vcpus must be 1..{ioreq.HVM_MAX_VCPUS}")
 
     def ram_offset(self, gpa: int, n: int) -> int | None:
         """File offset of guest RAM [gpa, gpa+n), or None unless it lies in one RAM range."""
@@ -69,7 +69,7 @@ class Layout:
 
 
 class GuestRam:
-    """Guest RAM as both `Device` (MMIO on RAM) and `GuestMemory`; non-RAM reads all-ones."""
+    """Guest RAM as both a `Handler` (MMIO on RAM) and `Memory`; non-RAM reads all-ones."""
 
     def __init__(self, domid: int, layout: Layout) -> None:
         self.layout = layout
@@ -101,23 +101,7 @@ class GuestRam:
         os.close(self.fd)
 
 
-class _Unclaimed:
-    """Xen's null handler: reads all-ones, writes dropped."""
-
-    def port_read(self, port: int, size: int) -> int:
-        return all_ones(size)
-
-    def mmio_read(self, addr: int, size: int) -> int:
-        return all_ones(size)
-
-    def port_write(self, port: int, size: int, value: int) -> None:
-        pass
-
-    def mmio_write(self, addr: int, size: int, value: int) -> None:
-        pass
-
-
-UNCLAIMED = _Unclaimed()
+UNCLAIMED = NullHandler()
 
 
 @dataclass(eq=False)
@@ -135,7 +119,7 @@ class SimIoreqServer:
 
     def write_eports(self) -> None:
         for vcpu, port in enumerate(self.vcpu_ports):
-            abi.SLOT_STRUCT.pack_into(self.page, abi.slot_offset(vcpu), 0, 0, 0, 0, port, 0, 0, 0)
+            ioreq.reset_slot(self.page, vcpu, port)
 
     def close(self) -> None:
         self.destroyed = True
@@ -169,7 +153,7 @@ class Domain:
         self._state_changed = trio.Event()
         self.log = log.bind(domid=domid)
         self.physmap = Physmap(layout.lowmem, layout.highmem, layout.mmio_hole)
-        self.pmem_io: Device | None = None  # set by the hypervisor: serves pmem-mapped GPAs
+        self.pmem_io: Handler | None = None  # set by the hypervisor: serves pmem-mapped GPAs
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -231,7 +215,7 @@ class Domain:
 
     def _require_alive(self) -> None:
         if not self.alive:
-            raise DomainCrashed(f"domain {self.domid} is {self.state}")
+            raise DomainDead(f"domain {self.domid} is {self.state}")
 
     # -- ioreq servers (DMOPs) -------------------------------------------------------
     def server(self, server_id: int) -> SimIoreqServer:
@@ -239,22 +223,22 @@ class Domain:
         try:
             return self.servers[server_id]
         except KeyError:
-            raise HypervisorError(errno.ENOENT, f"no ioreq server {server_id} on domain {self.domid}") from None
+            raise XenError(errno.ENOENT, f"no ioreq server {server_id} on domain {self.domid}") from None
 
     def create_server(self, owner: int, handle_bufioreq: int) -> SimIoreqServer:
         self._require_alive()
-        if handle_bufioreq != abi.HVM_IOREQSRV_BUFIOREQ_OFF:
-            raise HypervisorError(errno.EOPNOTSUPP, "the simulator has no buffered ioreq ring (use BUFIOREQ_OFF)")
+        if handle_bufioreq != ioreq.HVM_IOREQSRV_BUFIOREQ_OFF:
+            raise XenError(errno.EOPNOTSUPP, "the simulator has no buffered ioreq ring (use BUFIOREQ_OFF)")
         free = [i for i in range(MAX_NR_IOREQ_SERVERS) if i not in self.servers]
         if not free:
-            raise HypervisorError(errno.ENOSPC, f"domain {self.domid} already has {MAX_NR_IOREQ_SERVERS} ioreq servers")
+            raise XenError(errno.ENOSPC, f"domain {self.domid} already has {MAX_NR_IOREQ_SERVERS} ioreq servers")
         fd = os.memfd_create(f"xen-dom{self.domid}-ioreq{free[0]}", os.MFD_CLOEXEC)
-        os.ftruncate(fd, abi.PAGE_SIZE)
+        os.ftruncate(fd, ioreq.PAGE_SIZE)
         ports = []
         for _ in self.vcpus:
             ports.append(self._next_port)
             self._next_port += 1
-        server = SimIoreqServer(free[0], owner, fd, mmap.mmap(fd, abi.PAGE_SIZE), ports)
+        server = SimIoreqServer(free[0], owner, fd, mmap.mmap(fd, ioreq.PAGE_SIZE), ports)
         server.write_eports()
         for vcpu, port in enumerate(ports):
             self.ports[port] = (server, vcpu)
@@ -265,24 +249,24 @@ class Domain:
     def map_range(self, server: SimIoreqServer, kind: int, start: int, end: int) -> None:
         rangeset = self._rangeset(server, kind, start, end)
         if rangeset.overlaps(start, end):
-            raise HypervisorError(errno.EEXIST, f"[{start:#x}, {end:#x}] overlaps a range of this server")
+            raise XenError(errno.EEXIST, f"[{start:#x}, {end:#x}] overlaps a range of this server")
         for other in self.servers.values():
             if other is not server and other.ranges[kind].overlaps(start, end):
-                raise HypervisorError(errno.EEXIST, f"[{start:#x}, {end:#x}] is claimed by ioreq server {other.id}")
+                raise XenError(errno.EEXIST, f"[{start:#x}, {end:#x}] is claimed by ioreq server {other.id}")
         rangeset.add(start, end)
 
     def unmap_range(self, server: SimIoreqServer, kind: int, start: int, end: int) -> None:
         rangeset = self._rangeset(server, kind, start, end)
         if not rangeset.contains(start, end):
-            raise HypervisorError(errno.ENOENT, f"[{start:#x}, {end:#x}] is not mapped to this server")
+            raise XenError(errno.ENOENT, f"[{start:#x}, {end:#x}] is not mapped to this server")
         rangeset.remove(start, end)
 
     @staticmethod
     def _rangeset(server: SimIoreqServer, kind: int, start: int, end: int) -> RangeSet:
         if kind not in (RANGE_PORT, RANGE_MMIO):
-            raise HypervisorError(errno.EINVAL, f"range type {kind} not supported (0 port, 1 MMIO)")
+            raise XenError(errno.EINVAL, f"range type {kind} not supported (0 port, 1 MMIO)")
         if not 0 <= start <= end < 1 << 64 or (kind == RANGE_PORT and end > 0xFFFF):
-            raise HypervisorError(errno.EINVAL, f"bad range [{start:#x}, {end:#x}]")
+            raise XenError(errno.EINVAL, f"bad range [{start:#x}, {end:#x}]")
         return server.ranges[kind]
 
     def set_server_state(self, server: SimIoreqServer, enabled: bool) -> None:
@@ -309,7 +293,7 @@ class Domain:
         self._require_alive()
         off = self.layout.ram_offset(gfn << PAGE_SHIFT, nr << PAGE_SHIFT) if nr > 0 and gfn >= 0 else None
         if off is None:
-            raise HypervisorError(errno.EINVAL, f"gfns {gfn:#x}+{nr} are not one guest RAM range")
+            raise XenError(errno.EINVAL, f"gfns {gfn:#x}+{nr} are not one guest RAM range")
         return off
 
     # -- events ----------------------------------------------------------------------
@@ -326,9 +310,9 @@ class Domain:
             await self._state_changed.wait()
         self._require_alive()
 
-    def select(self, req: IoRequest) -> SimIoreqServer | None:
+    def select(self, req: Request) -> SimIoreqServer | None:
         """Xen's `ioreq_server_select`: the enabled server whose range holds the whole access."""
-        if req.type == abi.IOREQ_TYPE_PIO:
+        if req.type == ioreq.IOREQ_TYPE_PIO:
             kind, end = RANGE_PORT, req.addr + req.size - 1
         else:
             kind, end = RANGE_MMIO, req.addr + req.size * req.count - 1
@@ -337,65 +321,58 @@ class Domain:
                 return server
         return None
 
-    async def access(self, vcpu_index: int, req: IoRequest) -> tuple[int, bool]:
+    async def access(self, vcpu_index: int, req: Request) -> tuple[int, bool]:
         """Run one vCPU access; return (data for the guest, trapped to an ioreq server)."""
         await self.wait_running()
         vcpu = self.vcpus[vcpu_index]
         if vcpu.busy:
-            raise HypervisorError(errno.EBUSY, f"vcpu {vcpu_index} already has an access in flight")
+            raise XenError(errno.EBUSY, f"vcpu {vcpu_index} already has an access in flight")
         vcpu.busy = True
         try:
-            if req.type == abi.IOREQ_TYPE_COPY and self.layout.ram_offset(req.addr, req.size) is not None:
-                return execute(req, self.ram, self.ram), False
+            if req.type == ioreq.IOREQ_TYPE_COPY and self.layout.ram_offset(req.addr, req.size) is not None:
+                return perform(req, self.ram, self.ram), False
             if self.pmem_io is not None and self._is_pmem(req):
-                return execute(req, self.pmem_io, self.ram), False
+                return perform(req, self.pmem_io, self.ram), False
             server = self.select(req)
             if server is None:
-                return execute(req, UNCLAIMED, self.ram), False
+                return perform(req, UNCLAIMED, self.ram), False
             return await self._send_ioreq(vcpu, server, req), True
         finally:
             vcpu.busy = False
 
-    def _is_pmem(self, req: IoRequest) -> bool:
+    def _is_pmem(self, req: Request) -> bool:
         """A memory access landing on pmem: the p2m maps it, so it never traps."""
-        return (req.type == abi.IOREQ_TYPE_COPY and self.pmem_io is not None
+        return (req.type == ioreq.IOREQ_TYPE_COPY and self.pmem_io is not None
                 and self.physmap.pmem_mfn(req.addr >> PAGE_SHIFT) is not None)
 
-    async def _send_ioreq(self, vcpu: Vcpu, server: SimIoreqServer, req: IoRequest) -> int:
-        page, off = server.page, vcpu.index * abi.IOREQ_SIZE
-        port = server.vcpu_ports[vcpu.index]
-        bits = page[off + abi.BITS_OFFSET]
-        if abi.bits_state(bits) != abi.STATE_IOREQ_NONE:
-            return self._bad_dm(f"device model set bad IO state {abi.bits_state(bits)}")
-        (eport,) = abi.PORT_STRUCT.unpack_from(page, off + abi.VP_EPORT_OFFSET)
-        if eport != port:
-            return self._bad_dm(f"device model set bad event channel {eport}")
-        bits = abi.make_bits(abi.STATE_IOREQ_NONE, dir=req.dir, data_is_ptr=req.data_is_ptr, df=req.df)
-        abi.SLOT_STRUCT.pack_into(page, off, req.addr, req.data, req.count, req.size, port, 0, bits, req.type)
-        page[off + abi.BITS_OFFSET] = bits | abi.STATE_IOREQ_READY
+    async def _send_ioreq(self, vcpu: Vcpu, server: SimIoreqServer, req: Request) -> int:
+        """Xen's `ioreq_send` then `wait_for_io` on this vCPU's slot (`pmemd.sim.ioreq`)."""
+        page, port = server.page, server.vcpu_ports[vcpu.index]
+        refused = ioreq.refuse_send(page, vcpu.index, port)
+        if refused is not None:
+            return self._bad_dm(refused)
+        ioreq.send(page, vcpu.index, port, req)
         vcpu.wake = trio.Event()
         self._notify(self, port)
-        seen = abi.STATE_IOREQ_READY
+        seen = ioreq.STATE_IOREQ_READY
         while True:
             await vcpu.wake.wait()
             vcpu.wake = trio.Event()
             if not self.alive:
-                raise DomainCrashed(f"domain {self.domid} is {self.state}")
+                raise DomainDead(f"domain {self.domid} is {self.state}")
             if server.destroyed:
                 self.log.warning("ioreq server destroyed with an access in flight", server=server.id)
                 return all_ones(req.size) if req.is_read and not req.data_is_ptr else req.data
-            bits = page[off + abi.BITS_OFFSET]
-            state = abi.bits_state(bits)
-            verdict = hypervisor_observes(seen, state)
-            if verdict is Verdict.WAIT:
+            state = ioreq.state_of(page[ioreq.slot_offset(vcpu.index) + ioreq.BITS_OFFSET])
+            step, reason = ioreq.wait_for_io(seen, state)
+            if step is ioreq.Wait.WAIT:
                 seen = state
                 continue
-            if verdict is Verdict.CRASH:
-                return self._bad_dm(f"Weird HVM ioreq state transition {seen} -> {state}")
-            (data,) = abi.DATA_STRUCT.unpack_from(page, off + abi.DATA_OFFSET)
-            page[off + abi.BITS_OFFSET] = abi.with_state(bits, abi.STATE_IOREQ_NONE)
-            return data if needs_completion(req) else req.data
+            if step is ioreq.Wait.CRASH:
+                return self._bad_dm(reason)
+            data = ioreq.take_response(page, vcpu.index)
+            return data if ioreq.needs_completion(req) else req.data
 
     def _bad_dm(self, reason: str) -> int:
         self.crash(reason)
-        raise DomainCrashed(f"domain {self.domid} crashed: {reason}")
+        raise DomainDead(f"domain {self.domid} crashed: {reason}")

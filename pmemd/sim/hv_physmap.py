@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from pmemd.xen.errors import HypervisorError
+from pmemd.sim.errors import XenError
 
 PAGE_SHIFT = 12
 FOUR_GIB_GFN = (1 << 32) >> PAGE_SHIFT
@@ -118,11 +118,11 @@ class Physmap:
     def check_free(self, gfn: int, nr: int) -> None:
         """Refuse (EEXIST) a gfn range meeting RAM, the MMIO hole or another mapping."""
         if nr < 1 or gfn < 0 or gfn + nr > MAX_GFN:
-            raise HypervisorError(errno.EINVAL, f"gfns {gfn:#x}+{nr:#x} are outside the guest physical space")
+            raise XenError(errno.EINVAL, f"gfns {gfn:#x}+{nr:#x} are outside the guest physical space")
         hit = self.runs.first_overlap(gfn, nr)
         if hit is not None:
             what = {MapType.RAM: "guest RAM", MapType.MMIO: "the MMIO hole", MapType.PMEM: "a pmem mapping"}
-            raise HypervisorError(
+            raise XenError(
                 errno.EEXIST,
                 f"gfns [{gfn:#x}, {gfn + nr:#x}) overlap {what[hit.value.type]} at gfns [{hit.start:#x}, {hit.end:#x})",
             )

@@ -13,11 +13,10 @@ import errno
 import mmap
 import os
 
-from pmemd.ioreq import abi
-from pmemd.ioreq.machine import IoRequest
 from pmemd.sim import platform_page, wire
+from pmemd.sim.errors import XenError
 from pmemd.sim.hv_domain import Domain
-from pmemd.xen.errors import HypervisorError
+from pmemd.sim.ioreq import IOREQ_READ, Request
 
 EHWPOISON = getattr(errno, "EHWPOISON", 133)
 
@@ -38,15 +37,15 @@ class SimPlatform:
         self.gpes_taken += len(gpes)
         return gpes
 
-    def check_read(self, req: IoRequest, space: int) -> None:
+    def check_read(self, req: Request, space: int) -> None:
         """Refuse (EHWPOISON) a guest memory read that meets a poisoned range."""
-        if space != wire.SPACE_MMIO or req.dir != abi.IOREQ_READ or req.data_is_ptr:
+        if space != wire.SPACE_MMIO or req.dir != IOREQ_READ or req.data_is_ptr:
             return
         length = req.size * req.count
         start = req.addr - (length - req.size if req.df else 0)
         hit = self.reader.poisoned(start, length)
         if hit is not None:
-            raise HypervisorError(
+            raise XenError(
                 EHWPOISON,
                 f"machine check: read [{start:#x}, +{length}) consumed poison at [{hit[0]:#x}, +{hit[1]:#x})",
             )
@@ -87,7 +86,7 @@ class Platforms:
             del self._pages[dom.domid]
             entry[1].close()
 
-    def check_read(self, dom: Domain, req: IoRequest, space: int) -> None:
+    def check_read(self, dom: Domain, req: Request, space: int) -> None:
         platform = self.find(dom)
         if platform is not None:
             platform.check_read(req, space)

@@ -35,8 +35,8 @@ from typing import Any
 
 import structlog
 
+from pmemd.sim.errors import XenError
 from pmemd.sim.hv_physmap import PAGE_SHIFT, IntervalMap, Physmap
-from pmemd.xen.errors import HypervisorError
 
 log = structlog.get_logger("pmemd.sim.pmem")
 
@@ -54,8 +54,8 @@ _FIEMAP_EXTENT = struct.Struct("=QQQ16xI12x")
 _NOT_PLAIN = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
 
 
-def _einval(message: str) -> HypervisorError:
-    return HypervisorError(errno.EINVAL, message)
+def _einval(message: str) -> XenError:
+    return XenError(errno.EINVAL, message)
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class HostPmem:
         for other in self.regions:
             olo = min(other.data_start, other.reserved_start or other.data_start)
             if lo < max(other.data_end, other.reserved_end) and olo < hi:
-                raise HypervisorError(errno.EEXIST, f"region {region.device} overlaps region {other.device}")
+                raise XenError(errno.EEXIST, f"region {region.device} overlaps region {other.device}")
         self.regions.append(region)
         self._indexes.append(FrameIndex(region))
         self._stale = True
@@ -267,14 +267,14 @@ class HostPmem:
             reserved = region.reserved_frames
             if reserved and mfn < reserved.stop and reserved.start < mfn + nr:
                 bad = max(mfn, reserved.start)
-                raise HypervisorError(
+                raise XenError(
                     errno.ENXIO, f"host frame {bad:#x} is in the reserved/management area of {region.device}"
                 )
         for region in self.regions:
             data = region.data_frames
             if data.start <= mfn and mfn + nr <= data.stop:
                 return
-        raise HypervisorError(
+        raise XenError(
             errno.ENXIO, f"host frames [{mfn:#x}, {mfn + nr:#x}) are not inside one host pmem data area"
         )
 
@@ -284,7 +284,7 @@ class HostPmem:
         owned = self.owners.first_overlap(mfn, nr)
         if owned is not None:
             bad = max(mfn, owned.start)
-            raise HypervisorError(errno.EBUSY, f"host frame {bad:#x} already belongs to domain {owned.value}")
+            raise XenError(errno.EBUSY, f"host frame {bad:#x} already belongs to domain {owned.value}")
         self.owners.add(mfn, nr, domid)
         self._stale = True
 
@@ -309,7 +309,7 @@ class HostPmem:
                 hit = index.lookup(spa - region.spa_base)
                 if hit is not None:
                     return _mapped(*hit), hit[1]
-        raise HypervisorError(errno.EIO, f"host frame {mfn:#x} is in no file the simulator was told about")
+        raise XenError(errno.EIO, f"host frame {mfn:#x} is in no file the simulator was told about")
 
     def _reindex(self) -> None:
         for index in self._indexes:
@@ -327,13 +327,13 @@ def _mapped(f: _File, offset: int) -> mmap.mmap:
         try:
             fd = os.open(f.path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise HypervisorError(errno.EIO, f"cannot open {f.path}: {e.strerror}") from None
+            raise XenError(errno.EIO, f"cannot open {f.path}: {e.strerror}") from None
         try:
             f.map = mmap.mmap(fd, os.fstat(fd).st_size)
         finally:
             os.close(fd)
     if offset + PAGE_SIZE > len(f.map):
-        raise HypervisorError(errno.EIO, f"{f.path} is shorter than offset {offset:#x}")
+        raise XenError(errno.EIO, f"{f.path} is shorter than offset {offset:#x}")
     return f.map
 
 
@@ -352,7 +352,7 @@ def populate_pmem_map(host: HostPmem, physmap: Physmap, domid: int, mfn: int, gf
     physmap.check_free(gfn, nr)
     server = ioreq_overlap(gfn << PAGE_SHIFT, ((gfn + nr) << PAGE_SHIFT) - 1)
     if server is not None:
-        raise HypervisorError(
+        raise XenError(
             errno.EEXIST, f"gfns [{gfn:#x}, {gfn + nr:#x}) overlap an MMIO range of ioreq server {server}"
         )
     host.claim(domid, mfn, nr)
@@ -377,7 +377,7 @@ class PmemAccess:
             return mapped, offset
         mfn = self.physmap.pmem_mfn(gfn)
         if mfn is None:
-            raise HypervisorError(errno.EFAULT, f"gfn {gfn:#x} is not pmem-mapped")
+            raise XenError(errno.EFAULT, f"gfn {gfn:#x} is not pmem-mapped")
         mapped, offset = self.host.locate(mfn)
         self._cache = (gfn, self.host.generation, mapped, offset)
         return mapped, offset
@@ -408,7 +408,7 @@ class PmemAccess:
         self.write(addr, value.to_bytes(size, "little"))
 
     def port_read(self, port: int, size: int) -> int:  # never routed here: ports are not memory
-        raise HypervisorError(errno.EINVAL, "pmem has no ports")
+        raise XenError(errno.EINVAL, "pmem has no ports")
 
     def port_write(self, port: int, size: int, value: int) -> None:
-        raise HypervisorError(errno.EINVAL, "pmem has no ports")
+        raise XenError(errno.EINVAL, "pmem has no ports")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import errno
 
-from pmemd.xen.errors import HypervisorError
+from pmemd.sim.errors import XenError
 
 MAX_NR_IO_RANGES = 256  # per type per ioreq server (xen/common/ioreq.c)
 
@@ -36,7 +36,7 @@ class RangeSet:
             else:
                 merged.append((s, e))
         if len(merged) > self.limit:
-            raise HypervisorError(errno.ENOMEM, f"more than {self.limit} ranges of this type")
+            raise XenError(errno.ENOMEM, f"more than {self.limit} ranges of this type")
         self.ranges = merged
 
     def remove(self, start: int, end: int) -> None:
@@ -50,5 +50,5 @@ class RangeSet:
             if end < e:
                 out.append((end + 1, e))
         if len(out) > self.limit:
-            raise HypervisorError(errno.ENOMEM, f"splitting would exceed {self.limit} ranges")
+            raise XenError(errno.ENOMEM, f"splitting would exceed {self.limit} ranges")
         self.ranges = out

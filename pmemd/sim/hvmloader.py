@@ -32,29 +32,26 @@ from pathlib import Path
 
 import structlog
 
-from acpi.aml import Device, RawAml, Scope, definition_block_body
-from acpi.table import HEADER_SIZE, TableHeader, TableIds, checksum, finish_table
-from pmemd.daemon.dmacpi import (
-    BUFFER_KEYS,
-    DEVICE_NAME_BLACKLIST,
-    MAX_ENTRIES,
-    SIGNATURE_BLACKLIST,
-    TYPE_DEVICE_BODY,
-    TYPE_TABLE,
-    device_name,
-    dm_acpi_path,
-)
 from pmemd.sim.hv_domain import Domain
+from pmemd.sim.hv_ssdt import HEADER_SIZE, device_ssdt, table_header, with_checksum
 from pmemd.sim.hypervisor import Hypervisor
-from pmemd.xenstore import XenstoreError
+from pmemd.xenstore.errors import XenstoreError
 from pmemd.xenstored.store import Store
 
 log = structlog.get_logger("pmemd.sim.hvmloader")
 
-SSDT_REVISION = 2
-# libacpi's ACPI_OEM_ID, ACPI_OEM_TABLE_ID, ACPI_OEM_REVISION, ACPI_CREATOR_ID/REVISION.
-HVMLOADER_IDS = TableIds(oem_id="Xen", oem_table_id="HVM", oem_revision=0, creator_id="HVML", creator_revision=0)
-CHECKSUM_OFFSET = 9
+# hvmloader's rules for dm-acpi entries, from the vNVDIMM series (reference §2.5); the daemon's
+# `pmemd.daemon.dmacpi` keeps its own copy on purpose, so a wrong one on either side fails a test.
+TYPE_TABLE = 0  # a complete ACPI table
+TYPE_DEVICE_BODY = 1  # the body of a Device under \_SB
+ACPI_MAX_SECONDARY_TABLES = 16
+# The tables hvmloader builds itself, by the signature in their headers (the RSDP's first four
+# bytes are "RSD "; FADT's signature is FACP, MADT's APIC). SSDT is not here: it may repeat.
+BUILT_SIGNATURES = frozenset(
+    {"RSD ", "FACS", "FACP", "DSDT", "APIC", "HPET", "WAET", "TCPA", "SRAT", "SLIT", "RSDT", "XSDT"})
+# Devices hvmloader's DSDT declares under \_SB, as AML NameSegs.
+BUILT_DEVICES = frozenset({"MEM0", "PCI0", "AC__", "BAT0", "BAT1", "TPM_"})
+BUFFER_LEAVES = ("address", "length")  # listed with the entries, skipped for lacking a type
 _STRTOLL = re.compile(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\s*")
 
 ReadMemory = Callable[[int, int], bytes]
@@ -122,7 +119,7 @@ def _number(store: Store, path: str, domid: int) -> int | None:
 def load_dm_acpi(store: Store, domid: int, read_memory: ReadMemory, *, secondary_tables_built: int = 0) -> HvmloaderResult:
     """Run hvmloader's dm-acpi pass for ``domid`` (module docstring); reads as the guest."""
     result = HvmloaderResult(domid)
-    root = dm_acpi_path(domid)
+    root = f"/local/domain/{domid}/hvmloader/dm-acpi"
     address = _number(store, f"{root}/address", domid)
     length = _number(store, f"{root}/length", domid)
     if address is None or length is None:
@@ -134,11 +131,11 @@ def load_dm_acpi(store: Store, domid: int, read_memory: ReadMemory, *, secondary
     except XenstoreError as e:
         result.gave_up = f"cannot list {root}: {e}"
         return result
-    limit = MAX_ENTRIES - secondary_tables_built
+    limit = ACPI_MAX_SECONDARY_TABLES - secondary_tables_built
     if len(names) > limit:
         result.gave_up = f"{len(names)} dm-acpi entries > {limit} free secondary table slots"
         return result
-    devices = set(DEVICE_NAME_BLACKLIST)
+    devices = set(BUILT_DEVICES)
     for name in names:
         skip = _load_entry(store, domid, root, name, address, length, read_memory, devices, result)
         if skip is not None:
@@ -151,7 +148,7 @@ def _load_entry(store: Store, domid: int, root: str, name: str, address: int, le
     """Load one entry into ``result``; return why it was skipped, or None."""
     kind = _number(store, f"{root}/{name}/type", domid)
     if kind is None:
-        return None if name in BUFFER_KEYS else "no type"
+        return None if name in BUFFER_LEAVES else "no type"
     offset = _number(store, f"{root}/{name}/offset", domid)
     size = _number(store, f"{root}/{name}/length", domid)
     if offset is None or size is None:
@@ -162,27 +159,23 @@ def _load_entry(store: Store, domid: int, root: str, name: str, address: int, le
     if kind == TYPE_TABLE:
         if size < HEADER_SIZE:
             return f"{size} bytes, shorter than a table header"
-        header = TableHeader.parse(blob)
-        signature = blob[:4].decode("ascii", "replace")
-        if signature in SIGNATURE_BLACKLIST:
+        signature, table_length = table_header(blob)
+        if signature in BUILT_SIGNATURES:
             return f"signature {signature} is on the blacklist"
-        if header.length == 0 or header.length > size:
-            return f"header length {header.length} is 0 or above the blob's {size}"
-        table = bytearray(blob[:header.length])
-        table[CHECKSUM_OFFSET] = 0
-        table[CHECKSUM_OFFSET] = checksum(bytes(table))
-        result.tables.append(LoadedTable(name, kind, signature, bytes(table)))
+        if table_length == 0 or table_length > size:
+            return f"header length {table_length} is 0 or above the blob's {size}"
+        result.tables.append(LoadedTable(name, kind, signature, with_checksum(blob[:table_length])))
         return None
     if kind == TYPE_DEVICE_BODY:
-        device = device_name(name)
+        device = name[:4].ljust(4, "_")  # the entry's first four characters name the Device
         if device in devices:
             return f"device name {device} collides"
         try:
-            body = definition_block_body(Scope("\\_SB_", Device(device, RawAml(blob))))
+            table = device_ssdt(device, blob)
         except ValueError as e:
             return f"device name {device!r} is not an AML name: {e}"
         devices.add(device)
-        result.tables.append(LoadedTable(name, kind, "SSDT", finish_table("SSDT", SSDT_REVISION, body, HVMLOADER_IDS)))
+        result.tables.append(LoadedTable(name, kind, "SSDT", table))
         return None
     return f"unknown type {kind}"
 

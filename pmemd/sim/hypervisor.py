@@ -51,14 +51,13 @@ from typing import Any
 import structlog
 import trio
 
-from pmemd.ioreq import abi
-from pmemd.ioreq.machine import MAX_REP_COUNT, IoRequest
-from pmemd.sim import wire
+from pmemd.sim import ioreq, wire
+from pmemd.sim.errors import WireError, XenError, error_reply
 from pmemd.sim.hv_domain import DESTROYED, PAUSED, RANGE_MMIO, RANGE_PORT, Domain, Layout, SimIoreqServer
+from pmemd.sim.hv_emulate import ACCESS_SIZES, MAX_REPS
 from pmemd.sim.hv_evtchn import Binding, EvtchnHandle
 from pmemd.sim.hv_platform import Platforms
 from pmemd.sim.hv_pmem import HostPmem, PmemAccess, PmemRegion, populate_pmem_map
-from pmemd.xen.errors import HypervisorError, ProtocolError, error_reply
 
 log = structlog.get_logger("pmemd.sim.hypervisor")
 
@@ -85,15 +84,15 @@ class Hypervisor:
     def domain(self, domid: Any) -> Domain:
         dom = self.domains.get(domid) if isinstance(domid, int) else None
         if dom is None:
-            raise HypervisorError(errno.ESRCH, f"no domain {domid}")
+            raise XenError(errno.ESRCH, f"no domain {domid}")
         return dom
 
     def create_domain(self, domid: int, layout: Layout) -> Domain:
         if not 1 <= domid < DOMID_FIRST_RESERVED:
-            raise HypervisorError(errno.EINVAL, f"domid {domid} outside 1..{DOMID_FIRST_RESERVED - 1}")
+            raise XenError(errno.EINVAL, f"domid {domid} outside 1..{DOMID_FIRST_RESERVED - 1}")
         old = self.domains.get(domid)
         if old is not None and old.state != "destroyed":
-            raise HypervisorError(errno.EEXIST, f"domain {domid} exists")
+            raise XenError(errno.EEXIST, f"domain {domid} exists")
         dom = Domain(domid, layout, self._notify_xen_port)
         dom.pmem_io = PmemAccess(dom.physmap, self.pmem)
         self.domains[domid] = dom
@@ -163,11 +162,11 @@ class Hypervisor:
 
     def bind_interdomain(self, handle: EvtchnHandle, dom: Domain, remote_port: int) -> int:
         if not dom.alive:
-            raise HypervisorError(errno.ESRCH, f"domain {dom.domid} is {dom.state}")
+            raise XenError(errno.ESRCH, f"domain {dom.domid} is {dom.state}")
         if remote_port not in dom.ports:
-            raise HypervisorError(errno.EINVAL, f"port {remote_port} of domain {dom.domid} is not an unbound ioreq port")
+            raise XenError(errno.EINVAL, f"port {remote_port} of domain {dom.domid} is not an unbound ioreq port")
         if (dom.domid, remote_port) in self.bindings:
-            raise HypervisorError(errno.EBUSY, f"port {remote_port} of domain {dom.domid} is already bound")
+            raise XenError(errno.EBUSY, f"port {remote_port} of domain {dom.domid} is already bound")
         binding = Binding(next(self._local_ports), handle, dom.domid, remote_port)
         handle.bindings[binding.local_port] = binding
         self.bindings[(dom.domid, remote_port)] = binding
@@ -182,7 +181,7 @@ class Hypervisor:
 def _int(msg: dict[str, Any], key: str) -> int:
     value = msg.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise HypervisorError(errno.EINVAL, f"{key!r} must be an integer")
+        raise XenError(errno.EINVAL, f"{key!r} must be an integer")
     return value
 
 
@@ -213,8 +212,8 @@ class Connection:
                 elif kind == wire.KIND_JSON:
                     await self._request(wire.decode_json(body))
                 else:
-                    raise ProtocolError(f"unknown frame kind {kind}")
-        except (ProtocolError, ConnectionError) as exc:
+                    raise WireError(f"unknown frame kind {kind}")
+        except (WireError, ConnectionError) as exc:
             self.log.warning("connection dropped", error=str(exc))
         finally:
             self._release()
@@ -236,10 +235,10 @@ class Connection:
         try:
             handler = self._ops.get(op) if isinstance(op, str) else None
             if handler is None:
-                raise HypervisorError(errno.ENOSYS, f"unknown op {op!r}")
+                raise XenError(errno.ENOSYS, f"unknown op {op!r}")
             reply, fds = handler(msg)
             reply = {"ok": True, **reply, "nfds": len(fds)}
-        except HypervisorError as exc:
+        except XenError as exc:
             if op not in ("domain_info",):
                 self.log.info("request refused", op=op, errno=exc.name, error=exc.message)
             reply = error_reply(exc)
@@ -291,9 +290,9 @@ class Connection:
     def _op_ioreq_server_map_resource(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         dom, server = self._server(m)
         if server.owner != self.id:
-            raise HypervisorError(errno.EPERM, "only the creator of an ioreq server may map its pages")
-        if _int(m, "frame") != abi.IOREQ_RESOURCE_FRAME_SYNC:
-            raise HypervisorError(errno.ENOENT, "only frame 1 (the synchronous page) exists with BUFIOREQ_OFF")
+            raise XenError(errno.EPERM, "only the creator of an ioreq server may map its pages")
+        if _int(m, "frame") != ioreq.XENMEM_RESOURCE_IOREQ_SERVER_FRAME_SYNC:
+            raise XenError(errno.ENOENT, "only frame 1 (the synchronous page) exists with BUFIOREQ_OFF")
         return {}, [os.dup(server.page_fd)]
 
     def _range_args(self, m: dict[str, Any]) -> tuple[int, int, int]:
@@ -347,7 +346,7 @@ class Connection:
         for handle in self.handles:
             if handle.id == handle_id:
                 return handle
-        raise HypervisorError(errno.EBADF, f"no event-channel handle {handle_id} on this connection")
+        raise XenError(errno.EBADF, f"no event-channel handle {handle_id} on this connection")
 
     def _op_evtchn_bind_interdomain(self, m: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         handle = self._handle(m)
@@ -358,7 +357,7 @@ class Connection:
         handle = self._handle(m)
         binding = handle.bindings.get(_int(m, "port"))
         if binding is None:
-            raise HypervisorError(errno.EINVAL, "port not bound on this handle")
+            raise XenError(errno.EINVAL, "port not bound on this handle")
         self.hv._unbind(binding)
         return {}, []
 
@@ -386,25 +385,25 @@ class Connection:
         dom = self.hv.domain(m.get("domid"))
         vcpu = _int(m, "vcpu")
         if self.guest is not None:
-            raise HypervisorError(errno.EBUSY, "this connection is already attached to a vCPU")
+            raise XenError(errno.EBUSY, "this connection is already attached to a vCPU")
         if not 0 <= vcpu < len(dom.vcpus):
-            raise HypervisorError(errno.EINVAL, f"domain {dom.domid} has no vcpu {vcpu}")
+            raise XenError(errno.EINVAL, f"domain {dom.domid} has no vcpu {vcpu}")
         if dom.vcpus[vcpu].attached:
-            raise HypervisorError(errno.EBUSY, f"vcpu {vcpu} of domain {dom.domid} is already attached")
+            raise XenError(errno.EBUSY, f"vcpu {vcpu} of domain {dom.domid} is already attached")
         if not dom.alive:
-            raise HypervisorError(errno.ESRCH, f"domain {dom.domid} is {dom.state}")
+            raise XenError(errno.ESRCH, f"domain {dom.domid} is {dom.state}")
         dom.vcpus[vcpu].attached = True
         self.guest = (dom, vcpu)
         return dom.layout.as_dict(), [os.dup(dom.ram.fd)]
 
     async def _guest_access(self, body: bytes) -> None:
         if self.guest is None or len(body) != wire.ACCESS_STRUCT.size:
-            raise ProtocolError("guest access before guest_attach, or malformed")
+            raise WireError("guest access before guest_attach, or malformed")
         space, dir_, size, flags, count, addr, data = wire.ACCESS_STRUCT.unpack(body)
         dom, vcpu = self.guest
-        req = IoRequest(
-            abi.IOREQ_TYPE_COPY if space == wire.SPACE_MMIO else abi.IOREQ_TYPE_PIO,
-            addr, data, count, size, abi.IOREQ_READ if dir_ else abi.IOREQ_WRITE,
+        req = ioreq.Request(
+            ioreq.IOREQ_TYPE_COPY if space == wire.SPACE_MMIO else ioreq.IOREQ_TYPE_PIO,
+            addr, data, count, size, ioreq.IOREQ_READ if dir_ else ioreq.IOREQ_WRITE,
             bool(flags & wire.ACCESS_FLAG_DF), bool(flags & wire.ACCESS_FLAG_DATA_IS_PTR),
         )
         status, trapped, result = 0, 0, 0
@@ -413,23 +412,23 @@ class Connection:
             self.hv.platforms.check_read(dom, req, space)
             result, was_trapped = await dom.access(vcpu, req)
             trapped = int(was_trapped)
-        except HypervisorError as exc:
+        except XenError as exc:
             status = -(exc.errno or errno.EIO)
         await self.channel.send(
             wire.encode_binary(wire.KIND_ACCESS_REPLY, wire.ACCESS_REPLY_STRUCT.pack(status, trapped, result))
         )
 
 
-def check_guest_access(req: IoRequest, space: int) -> None:
+def check_guest_access(req: ioreq.Request, space: int) -> None:
     """What the x86 emulator would never produce; refused before routing."""
     if space not in (wire.SPACE_PORT, wire.SPACE_MMIO):
-        raise HypervisorError(errno.EINVAL, f"unknown space {space}")
-    if req.size not in (1, 2, 4, 8) or (space == wire.SPACE_PORT and req.size == 8):
-        raise HypervisorError(errno.EINVAL, f"size {req.size} invalid for this space")
-    if not 1 <= req.count <= MAX_REP_COUNT:
-        raise HypervisorError(errno.EINVAL, f"count {req.count} outside 1..{MAX_REP_COUNT}")
+        raise XenError(errno.EINVAL, f"unknown space {space}")
+    if req.size not in ACCESS_SIZES or (space == wire.SPACE_PORT and req.size == 8):
+        raise XenError(errno.EINVAL, f"size {req.size} invalid for this space")
+    if not 1 <= req.count <= MAX_REPS:
+        raise XenError(errno.EINVAL, f"count {req.count} outside 1..{MAX_REPS}")
     if space == wire.SPACE_PORT and req.addr > 0xFFFF:
-        raise HypervisorError(errno.EINVAL, f"port {req.addr:#x} > 0xffff")
+        raise XenError(errno.EINVAL, f"port {req.addr:#x} > 0xffff")
 
 
 async def serve_hypervisor(

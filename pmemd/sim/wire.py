@@ -26,7 +26,7 @@ from typing import Any
 import trio
 from construct import Int8ul, Int32sl, Int32ul, Int64ul, Padding, Struct
 
-from pmemd.xen.errors import ProtocolError
+from pmemd.sim.errors import WireError
 
 KIND_JSON = 0
 KIND_ACCESS = 1
@@ -91,7 +91,7 @@ class FrameDecoder:
             return None
         length, kind = _HEADER.unpack_from(self._buf)
         if not 1 <= length <= MAX_FRAME:
-            raise ProtocolError(f"frame length {length} outside 1..{MAX_FRAME}")
+            raise WireError(f"frame length {length} outside 1..{MAX_FRAME}")
         end = 4 + length
         if len(self._buf) < end:
             return None
@@ -101,7 +101,7 @@ class FrameDecoder:
 
     def take_fds(self, n: int) -> list[int]:
         if len(self.fds) < n:
-            raise ProtocolError(f"frame announced {n} descriptors, {len(self.fds)} arrived")
+            raise WireError(f"frame announced {n} descriptors, {len(self.fds)} arrived")
         return [self.fds.popleft() for _ in range(n)]
 
     def close_fds(self) -> None:
@@ -115,9 +115,9 @@ def decode_json(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"bad JSON body: {exc}") from None
+        raise WireError(f"bad JSON body: {exc}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("JSON body is not an object")
+        raise WireError("JSON body is not an object")
     return obj
 
 
@@ -157,7 +157,7 @@ class SyncChannel:
         while (frame := self.decoder.next_frame()) is None:
             data, anc, _flags, _addr = self.sock.recvmsg(_RECV, _ANCBUF)
             if not data:
-                raise ProtocolError("connection closed by the simulator")
+                raise WireError("connection closed by the simulator")
             self.decoder.feed(data, _parse_cmsgs(anc))
         return frame
 

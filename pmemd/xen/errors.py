@@ -31,20 +31,3 @@ class DomainCrashed(HypervisorError):
 
 class ProtocolError(Exception):
     """Malformed frame or reply on the simulator socket."""
-
-
-def error_reply(exc: HypervisorError) -> dict[str, object]:
-    return {"ok": False, "errno": exc.errno, "error": exc.message}
-
-
-def raise_for_reply(reply: dict[str, object]) -> dict[str, object]:
-    """Return a successful reply, raise the HypervisorError an error reply carries."""
-    if reply.get("ok") is True:
-        return reply
-    code = reply.get("errno")
-    if not isinstance(code, int):
-        raise ProtocolError(f"reply is neither ok nor an error: {reply!r}")
-    message = str(reply.get("error", ""))
-    if code == _errno.ESRCH:
-        raise DomainCrashed(message)
-    raise HypervisorError(code, message)

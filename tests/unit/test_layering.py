@@ -12,13 +12,11 @@ PRODUCTION = ["pmemd.daemon", "pmemd.dsm", "pmemd.ioreq", "pmemd.storage", "pmem
 
 # The simulator stands in for Xen: its hypervisor, xenstored use and hvmloader are written from
 # Xen's headers and behaviour, so of pmemd they may use only the wire protocols they speak.
-SIM_STANDS_IN_FOR_XEN = ["pmemd.sim.hypervisor", "pmemd.sim.hv_domain", "pmemd.sim.hv_evtchn", "pmemd.sim.hv_physmap",
-                         "pmemd.sim.hv_platform", "pmemd.sim.hv_pmem", "pmemd.sim.hv_ranges", "pmemd.sim.hvmloader",
-                         "pmemd.sim.ioreq", "pmemd.sim.wire", "pmemd.sim.platform_page", "pmemd.xenstored"]
+SIM_STANDS_IN_FOR_XEN = ["pmemd.sim.errors", "pmemd.sim.hypervisor", "pmemd.sim.hv_domain", "pmemd.sim.hv_emulate",
+                         "pmemd.sim.hv_evtchn", "pmemd.sim.hv_physmap", "pmemd.sim.hv_platform", "pmemd.sim.hv_pmem",
+                         "pmemd.sim.hv_ranges", "pmemd.sim.hv_ssdt", "pmemd.sim.hvmloader", "pmemd.sim.ioreq",
+                         "pmemd.sim.wire", "pmemd.sim.platform_page", "pmemd.xenstored"]
 SIM_MAY_USE = ["pmemd.sim", "pmemd.xenstored", "pmemd.xenstore.wire", "pmemd.xenstore.errors"]
-# Still importing daemon rules (ioreq machine, dm-acpi, xen errors): being rewritten from Xen's headers.
-NOT_YET_INDEPENDENT = {"pmemd.sim.hypervisor", "pmemd.sim.hv_domain", "pmemd.sim.hv_physmap", "pmemd.sim.hv_platform",
-                       "pmemd.sim.hv_pmem", "pmemd.sim.hv_ranges", "pmemd.sim.hvmloader", "pmemd.sim.wire"}
 
 
 def sources(packages: list[str]) -> list[tuple[str, set[str]]]:
@@ -45,7 +43,7 @@ def test_dsm_handlers_stay_pure(path: str, imports: set[str]) -> None:
     assert offending(imports, "trio") + offending(imports, "pmemd.daemon") + offending(imports, "os") == []
 
 
-@pytest.mark.parametrize(("path", "imports"), sources(sorted(set(SIM_STANDS_IN_FOR_XEN) - NOT_YET_INDEPENDENT)),
+@pytest.mark.parametrize(("path", "imports"), sources(SIM_STANDS_IN_FOR_XEN),
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_the_simulator_imports_no_daemon_rules(path: str, imports: set[str]) -> None:
     ours = [name for name in imports if within(name, "pmemd")]

@@ -14,8 +14,10 @@ from pmemd.ioreq import abi
 from pmemd.sim import platform_page, wire
 from pmemd.sim.client import replies
 from pmemd.sim.client.evtchn import SimEventChannel
+from pmemd.sim.client.replies import protocol_error, raise_for_reply
+from pmemd.sim.errors import WireError
 from pmemd.xen.api import DeviceModelHypervisor, DomainInfo, EventChannel, IoreqServerInfo, PlatformEvents
-from pmemd.xen.errors import ProtocolError, raise_for_reply
+from pmemd.xen.errors import ProtocolError
 
 
 class SimDeviceModel(DeviceModelHypervisor):
@@ -46,15 +48,18 @@ class SimDeviceModel(DeviceModelHypervisor):
         """One request/reply round trip; returns the reply with its fds under "fds"."""
         async with self._lock:
             await self.channel.send(wire.encode_json({"op": op, **args}))
-            frame = await self.channel.receive()
-            if frame is None:
-                raise ProtocolError("simulator closed the connection")
-            kind, body = frame
-            if kind != wire.KIND_JSON:
-                raise ProtocolError(f"unexpected frame kind {kind}")
-            reply = wire.decode_json(body)
-            nfds = reply.get("nfds", 0)
-            reply["fds"] = self.channel.decoder.take_fds(nfds if isinstance(nfds, int) else 0)
+            try:
+                frame = await self.channel.receive()
+                if frame is None:
+                    raise ProtocolError("simulator closed the connection")
+                kind, body = frame
+                if kind != wire.KIND_JSON:
+                    raise ProtocolError(f"unexpected frame kind {kind}")
+                reply = wire.decode_json(body)
+                nfds = reply.get("nfds", 0)
+                reply["fds"] = self.channel.decoder.take_fds(nfds if isinstance(nfds, int) else 0)
+            except WireError as exc:
+                raise protocol_error(exc) from exc
         return raise_for_reply(reply)
 
     async def _dm(self, op: str, **args: Any) -> dict[str, Any]:

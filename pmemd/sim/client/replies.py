@@ -1,10 +1,35 @@
-"""Decoding the simulator's JSON replies into the interface's records."""
+"""Decoding the simulator's replies into the interface's records and errors.
+
+The simulator reports failures in its own terms (an errno on the wire, `pmemd.sim.errors`
+in process); the daemon catches `pmemd.xen.errors`. This is the one place that translates.
+"""
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
+from pmemd.sim.errors import WireError
 from pmemd.xen.api import DomainInfo
+from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
+
+
+def raise_for_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """Return a successful reply; raise the HypervisorError an error reply carries."""
+    if reply.get("ok") is True:
+        return reply
+    code = reply.get("errno")
+    if not isinstance(code, int):
+        raise ProtocolError(f"reply is neither ok nor an error: {reply!r}")
+    message = str(reply.get("error", ""))
+    if code == errno.ESRCH:
+        raise DomainCrashed(message)
+    raise HypervisorError(code, message)
+
+
+def protocol_error(exc: WireError) -> ProtocolError:
+    """A wire-protocol failure as the interface's ProtocolError (raise it `from exc`)."""
+    return ProtocolError(str(exc))
 
 
 def domain_info(reply: dict[str, Any]) -> DomainInfo:

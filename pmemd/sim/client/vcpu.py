@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from pmemd.ioreq.abi import IOREQ_READ, IOREQ_WRITE
 from pmemd.sim import wire
+from pmemd.sim.client.replies import protocol_error
 from pmemd.sim.client.sync import SyncClient
+from pmemd.sim.errors import WireError
 from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
 
 FOUR_GIB = 1 << 32
@@ -63,7 +65,10 @@ class GuestConnection:
         body = wire.ACCESS_STRUCT.pack(space, dir, size, flags, count, addr, data)
         channel = self._client.channel
         channel.send(wire.encode_binary(wire.KIND_ACCESS, body))
-        kind, reply = channel.receive()
+        try:
+            kind, reply = channel.receive()
+        except WireError as exc:
+            raise protocol_error(exc) from exc
         if kind != wire.KIND_ACCESS_REPLY or len(reply) != wire.ACCESS_REPLY_STRUCT.size:
             raise ProtocolError(f"unexpected reply kind {kind} to an access")
         status, trapped, value = wire.ACCESS_REPLY_STRUCT.unpack(reply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import astuple
 
 import trio
 
@@ -17,6 +18,7 @@ from pmemd.ioreq.machine import (
     needs_completion,
 )
 from pmemd.ioreq.server import IoreqServer
+from pmemd.sim.ioreq import Request
 
 MMIO_BASE = 0xF000_0000
 PORT = 0x0A18
@@ -48,8 +50,14 @@ class Recorder:
 
 
 def req(type_: int, addr: int, size: int = 4, *, read: bool = True, data: int = 0, count: int = 1,
-        df: bool = False, ptr: bool = False) -> IoRequest:
-    return IoRequest(type_, addr, data, count, size, abi.IOREQ_READ if read else abi.IOREQ_WRITE, df, ptr)
+        df: bool = False, ptr: bool = False) -> Request:
+    """An access as a trapped vCPU hands it to the simulated Xen."""
+    return Request(type_, addr, data, count, size, abi.IOREQ_READ if read else abi.IOREQ_WRITE, df, ptr)
+
+
+def dm_req(type_: int, addr: int, size: int = 4, **kw: bool) -> IoRequest:
+    """The same request as the daemon's server copies it out of the slot."""
+    return IoRequest(*astuple(req(type_, addr, size, **kw)))  # type: ignore[arg-type]
 
 
 async def start(sim, nursery, vcpus: int = 1) -> tuple[IoreqServer, Recorder]:  # type: ignore[no-untyped-def]
@@ -80,10 +88,10 @@ def test_device_model_serves_only_ready_slots():
 
 
 def test_data_goes_back_only_for_non_pointer_requests_other_than_pio_writes():
-    assert needs_completion(req(abi.IOREQ_TYPE_COPY, 0, read=False))
-    assert needs_completion(req(abi.IOREQ_TYPE_PIO, 0, read=True))
-    assert not needs_completion(req(abi.IOREQ_TYPE_PIO, 0, read=False))
-    assert not needs_completion(req(abi.IOREQ_TYPE_COPY, 0, ptr=True))
+    assert needs_completion(dm_req(abi.IOREQ_TYPE_COPY, 0, read=False))
+    assert needs_completion(dm_req(abi.IOREQ_TYPE_PIO, 0, read=True))
+    assert not needs_completion(dm_req(abi.IOREQ_TYPE_PIO, 0, read=False))
+    assert not needs_completion(dm_req(abi.IOREQ_TYPE_COPY, 0, ptr=True))
 
 
 def test_item_addresses_wrap_at_64_bits():

@@ -11,18 +11,19 @@ import trio.testing
 
 from pmemd.ioreq import abi
 from pmemd.ioreq.device import IoRange
-from pmemd.ioreq.machine import IoRequest
 from pmemd.ioreq.server import IoreqServer
 from pmemd.sim.client.control import DomainControl
 from pmemd.sim.client.vcpu import GuestConnection
+from pmemd.sim.errors import DomainDead
+from pmemd.sim.ioreq import Request
 from pmemd.xen.errors import DomainCrashed, HypervisorError
 
 MMIO_BASE = 0xF000_0000
 
 
 def mmio(addr: int, size: int = 4, *, read: bool = True, data: int = 0, count: int = 1, df: bool = False,
-         ptr: bool = False) -> IoRequest:
-    return IoRequest(abi.IOREQ_TYPE_COPY, addr, data, count, size, abi.IOREQ_READ if read else abi.IOREQ_WRITE,
+         ptr: bool = False) -> Request:
+    return Request(abi.IOREQ_TYPE_COPY, addr, data, count, size, abi.IOREQ_READ if read else abi.IOREQ_WRITE,
                      df, ptr)
 
 
@@ -340,7 +341,7 @@ async def test_shutdown_request_is_recorded_and_fails_pending_accesses(sim):
     dm = await DoubleDM.start(sim, 1, 1, (MMIO_BASE, MMIO_BASE + 0xFFF))
     async with trio.open_nursery() as nursery:
         async def guest() -> None:
-            with pytest.raises(DomainCrashed):
+            with pytest.raises(DomainDead):
                 await sim.hv.domain(1).access(0, mmio(MMIO_BASE))
         nursery.start_soon(guest)
         await dm.evtchn.pending()
@@ -355,7 +356,7 @@ async def test_destroy_releases_servers_ports_and_fails_pending_accesses(sim):
     dom = sim.hv.domain(1)
     async with trio.open_nursery() as nursery:
         async def guest() -> None:
-            with pytest.raises(DomainCrashed):
+            with pytest.raises(DomainDead):
                 await dom.access(0, mmio(MMIO_BASE))
         nursery.start_soon(guest)
         await dm.evtchn.pending()

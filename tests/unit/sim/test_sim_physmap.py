@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from pmemd.ioreq import abi
-from pmemd.ioreq.machine import IoRequest
+from pmemd.sim import ioreq
+from pmemd.sim.errors import XenError
 from pmemd.sim.hv_domain import Layout
 from pmemd.sim.hv_physmap import IntervalMap, MapType
 from pmemd.sim.hv_pmem import PmemRegion, load_host_pmem
 from pmemd.sim.hypervisor import Hypervisor
+from pmemd.sim.ioreq import Request
 from pmemd.storage import FileExtents
 from pmemd.storage.testing import fiemap_unsupported, page_stamp
-from pmemd.xen.errors import HypervisorError
 
 P = 4096
 MiB = 1 << 20
@@ -39,7 +39,7 @@ def domain(hv: Hypervisor, domid: int = 1):
 
 
 def refused(code: int, words: str, call, *args) -> None:
-    with pytest.raises(HypervisorError) as info:
+    with pytest.raises(XenError) as info:
         call(*args)
     assert info.value.errno == code, info.value
     assert words in str(info.value)
@@ -89,7 +89,7 @@ async def test_a_run_over_another_pmem_mapping_is_refused() -> None:
 async def test_a_run_over_an_ioreq_servers_mmio_range_is_refused_naming_it() -> None:
     hv = hypervisor()
     dom = domain(hv)
-    server = dom.create_server(1, abi.HVM_IOREQSRV_BUFIOREQ_OFF)
+    server = dom.create_server(1, ioreq.HVM_IOREQSRV_BUFIOREQ_OFF)
     dom.map_range(server, 1, PMEM_GFN * P + 0x2000, PMEM_GFN * P + 0x2FFF)
     refused(errno.EEXIST, f"ioreq server {server.id}", hv.populate_pmem_map, dom, MFN, PMEM_GFN, 4)
 
@@ -175,7 +175,7 @@ def frames_of(path: Path) -> list[int]:
 
 
 async def access(dom, addr: int, size: int, dir: int, data: int = 0, **kw) -> int:
-    req = IoRequest(abi.IOREQ_TYPE_COPY, addr, data, kw.get("count", 1), size, dir, False, kw.get("ptr", False))
+    req = Request(ioreq.IOREQ_TYPE_COPY, addr, data, kw.get("count", 1), size, dir, False, kw.get("ptr", False))
     value, trapped = await dom.access(0, req)
     assert not trapped
     return value
@@ -187,7 +187,7 @@ async def test_a_guest_read_of_a_pmem_gpa_returns_the_files_bytes(backing: Path)
     for page, mfn in enumerate(frames_of(backing)):
         hv.populate_pmem_map(dom, mfn, PMEM_GFN + page, 1)
     gpa = (PMEM_GFN + 5) * P + 16
-    assert await access(dom, gpa, 8, abi.IOREQ_READ) == int.from_bytes(page_stamp(b"physmap!", 5)[16:24], "little")
+    assert await access(dom, gpa, 8, ioreq.IOREQ_READ) == int.from_bytes(page_stamp(b"physmap!", 5)[16:24], "little")
 
 
 async def test_a_rep_read_copies_a_whole_page_into_guest_ram(backing: Path) -> None:
@@ -195,7 +195,7 @@ async def test_a_rep_read_copies_a_whole_page_into_guest_ram(backing: Path) -> N
     dom = domain(hv)
     for page, mfn in enumerate(frames_of(backing)):
         hv.populate_pmem_map(dom, mfn, PMEM_GFN + page, 1)
-    await access(dom, (PMEM_GFN + 9) * P, 8, abi.IOREQ_READ, 0x10000, count=P // 8, ptr=True)
+    await access(dom, (PMEM_GFN + 9) * P, 8, ioreq.IOREQ_READ, 0x10000, count=P // 8, ptr=True)
     assert dom.ram.read(0x10000, P) == page_stamp(b"physmap!", 9)
 
 
@@ -204,7 +204,7 @@ async def test_a_guest_write_to_a_pmem_gpa_lands_in_the_file(backing: Path) -> N
     dom = domain(hv)
     for page, mfn in enumerate(frames_of(backing)):
         hv.populate_pmem_map(dom, mfn, PMEM_GFN + page, 1)
-    await access(dom, (PMEM_GFN + 3) * P + P - 4, 8, abi.IOREQ_WRITE, 0x1122334455667788)  # crosses a page
+    await access(dom, (PMEM_GFN + 3) * P + P - 4, 8, ioreq.IOREQ_WRITE, 0x1122334455667788)  # crosses a page
     data = backing.read_bytes()
     assert data[4 * P - 4 : 4 * P + 4] == (0x1122334455667788).to_bytes(8, "little")
 
@@ -213,8 +213,8 @@ async def test_a_frame_in_no_known_file_fails_the_access_eio(backing: Path) -> N
     hv = hypervisor(files=())
     dom = domain(hv)
     hv.populate_pmem_map(dom, frames_of(backing)[0], PMEM_GFN, 1)
-    with pytest.raises(HypervisorError) as info:
-        await access(dom, PMEM_GFN * P, 8, abi.IOREQ_READ)
+    with pytest.raises(XenError) as info:
+        await access(dom, PMEM_GFN * P, 8, ioreq.IOREQ_READ)
     assert info.value.errno == errno.EIO and "in no file the simulator was told about" in str(info.value)
 
 
