@@ -47,9 +47,11 @@ TYPE_DEVICE_BODY = 1  # AML inside Device(NAME); hvmloader wraps it in Scope(\_S
 # ACPI_MAX_SECONDARY_TABLES: hvmloader gives up on *every* blob when the directory lists more
 # entries than this (address and length included), less the secondary tables it built itself.
 MAX_ENTRIES = 16
-# Signatures of tables Xen's hvmloader builds (its blacklist); SSDT is allowed.
+# Signatures of tables Xen's hvmloader builds (its blacklist); SSDT is allowed. A header carries the
+# signature, not the table's name: the RSDP's starts "RSD PTR ", the FADT's is FACP, the MADT's APIC
+# (the names are listed too, to be safe).
 SIGNATURE_BLACKLIST = frozenset(
-    {"RSDP", "FACS", "FACP", "FADT", "DSDT", "APIC", "MADT", "HPET", "WAET", "TCPA", "SRAT", "SLIT",
+    {"RSD ", "RSDP", "FACS", "FACP", "FADT", "DSDT", "APIC", "MADT", "HPET", "WAET", "TCPA", "SRAT", "SLIT",
      "RSDT", "XSDT"})
 # Devices hvmloader's own DSDT declares under \_SB (short names padded with "_" as in AML).
 DEVICE_NAME_BLACKLIST = frozenset({"MEM0", "PCI0", "AC__", "BAT0", "BAT1", "TPM_"})

@@ -75,7 +75,8 @@ def test_our_own_stale_entries_do_not_count_twice() -> None:
     assert plan([Blob("NFIT", TYPE_TABLE, TABLE)], BUFFER, ["address", "length", "NFIT", *others])
 
 
-@pytest.mark.parametrize("signature", ["FACP", "DSDT", "APIC", "HPET", "WAET", "SRAT", "SLIT", "XSDT"])
+@pytest.mark.parametrize("signature", ["RSD ", "FACS", "FACP", "DSDT", "APIC", "HPET", "WAET", "TCPA", "SRAT", "SLIT",
+                                       "RSDT", "XSDT"])
 def test_a_table_hvmloader_builds_itself_is_refused(signature: str) -> None:
     blob = Blob("TBL", TYPE_TABLE, finish_table(signature, 1, bytes(8)))
     assert refusal([blob]) == "dm-acpi-blacklisted"

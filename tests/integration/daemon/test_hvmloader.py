@@ -10,11 +10,11 @@ import pytest
 import trio
 
 from acpi.table import TableHeader, finish_table, parse_table
-from pmemd.daemon.dmacpi import dm_acpi_path
+from pmemd.daemon.dmacpi import TYPE_DEVICE_BODY, TYPE_TABLE, Blob, Buffer, DmAcpiError, dm_acpi_path, plan
 from pmemd.daemon.state_key import guest_read_only
 from pmemd.daemon.tables import build_tables
 from pmemd.sim.hv_domain import Domain, Layout
-from pmemd.sim.hvmloader import Hvmloader, attach, load_dm_acpi, strtoll
+from pmemd.sim.hvmloader import BUILT_DEVICES, BUILT_SIGNATURES, Hvmloader, attach, load_dm_acpi, strtoll
 from pmemd.sim.hypervisor import Hypervisor
 from pmemd.xenstore import open_client
 from pmemd.xenstored.store import RELEASE_DOMAIN, Store
@@ -237,3 +237,26 @@ async def test_the_daemon_s_tables_load_and_decode_cleanly(host: Host, tmp_path:
     assert [f"Device (NV{slot:02X})" in dsl for slot in range(3)] == [True] * 3
     assert "Method (_E04, 0, NotSerialized)" in decompile(result.tables[2].data, tmp_path, "nvev")
     await daemon.stop()
+
+
+# -- the daemon's rules against hvmloader's (each side keeps its own copy) ------------------------
+
+@pytest.mark.parametrize("signature", sorted(BUILT_SIGNATURES))
+async def test_the_daemon_refuses_every_table_signature_hvmloader_skips(signature: str) -> None:
+    table = finish_table(signature, 1, bytes(8))
+    g = Guest()
+    g.add("TBL", 0, table)
+    assert "blacklist" in skipped(g.load())["TBL"]
+    with pytest.raises(DmAcpiError) as refused:
+        plan([Blob("TBL", TYPE_TABLE, table)], Buffer(ADDRESS, LENGTH), ["address", "length"])
+    assert refused.value.code == "dm-acpi-blacklisted"
+
+
+@pytest.mark.parametrize("device", sorted(BUILT_DEVICES))
+async def test_the_daemon_refuses_every_device_name_hvmloader_skips(device: str) -> None:
+    g = Guest()
+    g.add(device, 1, BODY)
+    assert "collides" in skipped(g.load())[device]
+    with pytest.raises(DmAcpiError) as refused:
+        plan([Blob(device, TYPE_DEVICE_BODY, BODY)], Buffer(ADDRESS, LENGTH), ["address", "length"])
+    assert refused.value.code == "dm-acpi-blacklisted"
