@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from pmemd.host_pmem import HostPmemRegion
 from pmemd.sim.errors import XenError
 from pmemd.sim.hv_physmap import PAGE_SHIFT, IntervalMap, Physmap
 
@@ -59,34 +60,15 @@ def _einval(message: str) -> XenError:
 
 
 @dataclass(frozen=True)
-class PmemRegion:
-    """One host pmem region (XENPF_pmem_add / xen-ndctl setup-data, in SPA bytes)."""
+class PmemRegion(HostPmemRegion):
+    """One host pmem region (`pmemd.host_pmem`) as XENPF_pmem_add / xen-ndctl setup-data gives it
+    to Xen, with the files on it whose frames the simulator can resolve."""
 
-    device: str  # for messages: the block device whose byte 0 is at spa_base
-    spa_base: int
-    data_start: int
-    data_end: int
-    reserved_start: int = 0
-    reserved_end: int = 0
-    files: tuple[Path, ...] = ()  # files on that device whose frames the simulator can resolve
+    files: tuple[Path, ...] = ()
 
-    def __post_init__(self) -> None:
-        for name in ("spa_base", "data_start", "data_end", "reserved_start", "reserved_end"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % PAGE_SIZE:
-                raise _einval(f"region {self.device}: {name} must be a non-negative multiple of 4 KiB, got {value!r}")
-        if self.data_start >= self.data_end:
-            raise _einval(f"region {self.device}: data area [{self.data_start:#x}, {self.data_end:#x}) is empty")
-        if self.reserved_start > self.reserved_end:
-            raise _einval(f"region {self.device}: reserved area ends before it starts")
-
-    @property
-    def data_frames(self) -> range:
-        return range(self.data_start >> PAGE_SHIFT, self.data_end >> PAGE_SHIFT)
-
-    @property
-    def reserved_frames(self) -> range:
-        return range(self.reserved_start >> PAGE_SHIFT, self.reserved_end >> PAGE_SHIFT)
+    @classmethod
+    def invalid(cls, message: str) -> Exception:
+        return _einval(f"region {message}")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], *, base_dir: Path = Path(".")) -> PmemRegion:

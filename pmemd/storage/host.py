@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
-from pmemd.xen.page import PAGE_SHIFT, PAGE_SIZE
+from pmemd.host_pmem import HostPmemRegion
 
 from .errors import HostPmemError
 from .pfn import PfnInfo
@@ -22,40 +21,16 @@ from .pfn import PfnInfo
 SECTOR_SIZE = 512  # sysfs `size` and `start` are in 512-byte sectors
 
 
-@dataclass(frozen=True)
-class HostPmem:
-    """One host pmem device. Addresses are host physical (SPA) bytes, ranges [start, end).
+class HostPmem(HostPmemRegion):
+    """The host pmem region a backing file lives on (`pmemd.host_pmem`), and the daemon's rule for it.
 
     Mappable frames are those of the data area not inside the reserved area (the two may
     be given disjoint, as Xen's region lists are, or the reserved area carved out of data).
     """
 
-    device: str  # block device path or "MAJ:MIN", for messages
-    spa_base: int  # SPA of byte 0 of the device FIEMAP offsets are relative to
-    data_start: int
-    data_end: int
-    reserved_start: int = 0
-    reserved_end: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("spa_base", "data_start", "data_end", "reserved_start", "reserved_end"):
-            value = getattr(self, name)
-            if value < 0 or value % PAGE_SIZE:
-                raise HostPmemError(f"{self.device}: {name} {value:#x} must be a non-negative multiple of 4 KiB")
-        if self.data_start >= self.data_end:
-            raise HostPmemError(f"{self.device}: data area [{self.data_start:#x}, {self.data_end:#x}) is empty")
-        if self.reserved_start > self.reserved_end:
-            raise HostPmemError(
-                f"{self.device}: reserved area [{self.reserved_start:#x}, {self.reserved_end:#x}) ends before it starts"
-            )
-
-    @property
-    def data_frames(self) -> range:
-        return range(self.data_start >> PAGE_SHIFT, self.data_end >> PAGE_SHIFT)
-
-    @property
-    def reserved_frames(self) -> range:
-        return range(self.reserved_start >> PAGE_SHIFT, self.reserved_end >> PAGE_SHIFT)
+    @classmethod
+    def invalid(cls, message: str) -> Exception:
+        return HostPmemError(message)
 
     def first_refused(self, mfn: int, nr: int) -> tuple[int, str] | None:
         """The first frame of [mfn, mfn+nr) a guest may not have, and why; None if all may."""

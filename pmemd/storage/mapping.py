@@ -18,11 +18,13 @@ from typing import NamedTuple, Protocol
 
 import trio
 
+from pmemd.xen.page import PAGE_SHIFT
+
 from ..config import NvdimmConfig
 from .errors import FrameRefused
 from .extents import ExtentSource, FileExtents, validated
 from .fiemap import Extent
-from .host import PAGE_SHIFT, HostPmem
+from .host import HostPmem
 from .layout import Fingerprint, layout_moved
 
 # Frames per populate call. Xen's call is preemptible and libxl splits at UINT_MAX pages;

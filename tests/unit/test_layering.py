@@ -8,7 +8,7 @@ from tests.harness.imports import ROOT, imported_modules, imports_of, package_mo
 
 # Production: the daemon and everything it is built from. None of it may reach the simulator.
 PRODUCTION = ["pmemd.daemon", "pmemd.dsm", "pmemd.ioreq", "pmemd.storage", "pmemd.xenstore", "pmemd.xenstored",
-              "pmemd.qmp", "pmemd.xen", "pmemd.process", "pmemd.config", "pmemd.toolstack", "acpi"]
+              "pmemd.qmp", "pmemd.xen", "pmemd.process", "pmemd.config", "pmemd.toolstack", "pmemd.host_pmem", "acpi"]
 
 # The simulator stands in for Xen: its hypervisor, xenstored use and hvmloader are written from
 # Xen's headers and behaviour, so of pmemd they may use only the wire protocols they speak.
@@ -16,7 +16,10 @@ SIM_STANDS_IN_FOR_XEN = ["pmemd.sim.errors", "pmemd.sim.hypervisor", "pmemd.sim.
                          "pmemd.sim.hv_evtchn", "pmemd.sim.hv_physmap", "pmemd.sim.hv_platform", "pmemd.sim.hv_pmem",
                          "pmemd.sim.hv_ranges", "pmemd.sim.hv_ssdt", "pmemd.sim.hvmloader", "pmemd.sim.ioreq",
                          "pmemd.sim.wire", "pmemd.sim.platform_page", "pmemd.xenstored"]
-SIM_MAY_USE = ["pmemd.sim", "pmemd.xenstored", "pmemd.xenstore.wire", "pmemd.xenstore.errors"]
+SIM_MAY_USE = ["pmemd.sim", "pmemd.xenstored", "pmemd.xenstore.wire", "pmemd.xenstore.errors", "pmemd.host_pmem"]
+# Records of the host both worlds describe: they may import nothing of ours, so that the simulator
+# using them takes no daemon rule with them.
+SHARED_FACTS = ["pmemd.host_pmem"]
 
 
 def sources(packages: list[str]) -> list[tuple[str, set[str]]]:
@@ -48,6 +51,11 @@ def test_dsm_handlers_stay_pure(path: str, imports: set[str]) -> None:
 def test_the_simulator_imports_no_daemon_rules(path: str, imports: set[str]) -> None:
     ours = [name for name in imports if within(name, "pmemd")]
     assert [name for name in ours if not any(within(name, allowed) for allowed in SIM_MAY_USE)] == []
+
+
+@pytest.mark.parametrize(("path", "imports"), sources(SHARED_FACTS), ids=lambda v: v if isinstance(v, str) else "")
+def test_shared_host_records_import_nothing_of_ours(path: str, imports: set[str]) -> None:
+    assert offending(imports, "pmemd") + offending(imports, "acpi") == []
 
 
 def test_the_checker_sees_a_simulator_import_in_a_function() -> None:
