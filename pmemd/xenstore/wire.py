@@ -306,32 +306,6 @@ def decode_perms(payload: bytes) -> list[Perm]:
     return perms
 
 
-# --------------------------------------------------------------------------------------------
-# Paths
-
-_PATH_CHARS: Final = re.compile(r"[A-Za-z0-9\-/_@]+")
-
-
-def path_problem(path: str) -> str | None:
-    """Why ``path`` is not a valid node name (absolute or relative), or None if it is.
-
-    Rules of C xenstored's ``is_valid_nodename``: characters ``[A-Za-z0-9-/_@]``, no empty
-    segment (``//``), no trailing ``/`` except the root, length within the ABS/REL maxima.
-    """
-    if not path:
-        return "empty path"
-    limit = XENSTORE_ABS_PATH_MAX if path.startswith("/") else XENSTORE_REL_PATH_MAX
-    if len(path) > limit:
-        return f"path longer than {limit}"
-    if not _PATH_CHARS.fullmatch(path):
-        return "path has characters outside [A-Za-z0-9-/_@]"
-    if "//" in path:
-        return "path has an empty segment"
-    if path != "/" and path.endswith("/"):
-        return "path ends with /"
-    return None
-
-
 def domain_path(domid: int) -> str:
     """XS_GET_DOMAIN_PATH answer: the home of a domain's relative paths."""
     return f"/local/domain/{domid}"

@@ -28,6 +28,7 @@ Semantics follow C xenstored (tools/xenstored) where a choice was needed:
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -43,7 +44,9 @@ from pmemd.xenstore.errors import (
 )
 from pmemd.xenstore.wire import (
     OK,
+    XENSTORE_ABS_PATH_MAX,
     XENSTORE_PAYLOAD_MAX,
+    XENSTORE_REL_PATH_MAX,
     Access,
     Message,
     MsgType,
@@ -54,10 +57,31 @@ from pmemd.xenstore.wire import (
     encode_error,
     encode_perms,
     encode_strings,
-    path_problem,
 )
 
 log = structlog.get_logger(__name__)
+
+_PATH_CHARS: Final = re.compile(r"[A-Za-z0-9\-/_@]+")
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` is not a valid node name (absolute or relative), or None if it is.
+
+    Rules of C xenstored's ``is_valid_nodename``: characters ``[A-Za-z0-9-/_@]``, no empty
+    segment (``//``), no trailing ``/`` except the root, length within the ABS/REL maxima.
+    """
+    if not path:
+        return "empty path"
+    limit = XENSTORE_ABS_PATH_MAX if path.startswith("/") else XENSTORE_REL_PATH_MAX
+    if len(path) > limit:
+        return f"path longer than {limit}"
+    if not _PATH_CHARS.fullmatch(path):
+        return "path has characters outside [A-Za-z0-9-/_@]"
+    if "//" in path:
+        return "path has an empty segment"
+    if path != "/" and path.endswith("/"):
+        return "path ends with /"
+    return None
 
 PRIVILEGED_DOMID: Final = 0
 RELEASE_DOMAIN: Final = "@releaseDomain"

@@ -25,7 +25,6 @@ from pmemd.xenstore.wire import (
     encode_perms,
     encode_strings,
     encode_write,
-    path_problem,
 )
 
 
@@ -158,14 +157,6 @@ def test_permission_list_must_name_an_owner() -> None:
         decode_perms(b"")
 
 
-@pytest.mark.parametrize("path", ["/", "/local/domain/5", "device-model/5/state", "@releaseDomain"])
-def test_valid_paths_have_no_problem(path: str) -> None:
-    assert path_problem(path) is None
-
-
-@pytest.mark.parametrize("path", ["", "/a//b", "/a/", "/a b", "/ä", "/" + "a" * 3072])
-def test_invalid_paths_are_named(path: str) -> None:
-    assert path_problem(path) is not None
 
 
 def test_reader_needs_data_until_the_header_is_complete() -> None:
