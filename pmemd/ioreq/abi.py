@@ -1,14 +1,14 @@
 """Xen `public/hvm/ioreq.h`: the synchronous `ioreq_t` slot and the shared page.
 
-Declared once with construct; everything else (the simulator, the daemon's server,
-the tests) reads these names. The bitfield byte at offset 30 is kept as a raw integer
-with accessors, because C bitfields on x86 are allocated from the LSB and construct's
-`BitStruct` reads MSB-first (and is slow):
+The daemon's copy, declared with construct; the simulated Xen declares its own from the
+header (`pmemd.sim.ioreq`), so a wrong offset on either side fails a test. The bitfield
+byte at offset 30 is kept as a raw integer with accessors, because C bitfields on x86 are
+allocated from the LSB and construct's `BitStruct` reads MSB-first (and is slow):
 
     bits 0-3 state | bit 4 data_is_ptr | bit 5 dir (1 = read) | bit 6 df | bit 7 pad
 
-The hot paths (`pmemd.sim.hv_ioreq`, `pmemd.ioreq.server`) use `struct` on the offsets
-pinned here (`SLOT_STRUCT`, `*_OFFSET`); tests check both agree byte for byte.
+The hot path (`pmemd.ioreq.server`) uses `struct` on the offsets pinned here
+(`SLOT_STRUCT`, `*_OFFSET`); tests check both agree byte for byte.
 """
 
 from __future__ import annotations

@@ -3,15 +3,15 @@
 Rules (Xen `common/ioreq.c` and QEMU `hw/xen/xen-hvm-common.c`, reference §1.3-1.5):
 
 * A slot moves NONE -> READY (Xen) -> INPROCESS (device model) -> IORESP_READY (device
-  model) -> NONE (Xen). Xen re-reads the state on every event and crashes the domain on
-  a backwards or unknown value (`hypervisor_observes`). A device model woken with a slot
-  not in READY ignores the wake-up (`device_model_wakes`).
+  model) -> NONE (Xen); Xen crashes the domain on a backwards or unknown value, so the
+  device model only ever moves forward. Woken with a slot not in READY, it ignores the
+  wake-up (`device_model_wakes`).
 * Item i of a `rep` request lives at base ± i*size (df picks the sign) with 64-bit
   wraparound; a PIO port does not advance, only the guest buffer does.
 * `data` goes back to the guest only when `!data_is_ptr && !(PIO && write)`.
 
-Both sides import this module: the simulator to enforce the table, the daemon's
-server to follow it.
+The daemon's reading of the protocol: the simulator enforces Xen's side with its own
+(`pmemd.sim.ioreq`), so a rule got wrong here fails against it instead of agreeing with itself.
 """
 
 from __future__ import annotations
@@ -30,23 +30,9 @@ MAX_REP_COUNT = abi.PAGE_SIZE
 
 
 class Verdict(enum.Enum):
-    WAIT = "wait"  # keep waiting for the next event
-    COMPLETE = "complete"  # IORESP_READY seen: take data, set NONE
-    CRASH = "crash"  # backwards or unknown state: domain_crash()
-    SERVE = "serve"  # device model: the slot holds a request to handle
-    SPURIOUS = "spurious"  # device model: nothing to do for this wake-up
+    SERVE = "serve"  # the slot holds a request to handle
+    SPURIOUS = "spurious"  # nothing to do for this wake-up
 
-
-# Xen's wait loop: (state last seen, state now) -> verdict. Anything absent is a crash.
-# Xen itself leaves the loop silently on NONE ("emulator dying"); the simulator treats a
-# device model writing NONE over a pending request as the backwards step it is.
-_HYPERVISOR_TABLE: dict[tuple[int, int], Verdict] = {
-    (abi.STATE_IOREQ_READY, abi.STATE_IOREQ_READY): Verdict.WAIT,
-    (abi.STATE_IOREQ_READY, abi.STATE_IOREQ_INPROCESS): Verdict.WAIT,
-    (abi.STATE_IOREQ_READY, abi.STATE_IORESP_READY): Verdict.COMPLETE,
-    (abi.STATE_IOREQ_INPROCESS, abi.STATE_IOREQ_INPROCESS): Verdict.WAIT,
-    (abi.STATE_IOREQ_INPROCESS, abi.STATE_IORESP_READY): Verdict.COMPLETE,
-}
 
 # The device model on a wake-up: only READY is work.
 _DEVICE_MODEL_TABLE: dict[int, Verdict] = {
@@ -55,11 +41,6 @@ _DEVICE_MODEL_TABLE: dict[int, Verdict] = {
     abi.STATE_IOREQ_INPROCESS: Verdict.SPURIOUS,
     abi.STATE_IORESP_READY: Verdict.SPURIOUS,
 }
-
-
-def hypervisor_observes(previous: int, state: int) -> Verdict:
-    """What Xen's `wait_for_io` does on seeing `state` after `previous`."""
-    return _HYPERVISOR_TABLE.get((previous, state), Verdict.CRASH)
 
 
 def device_model_wakes(state: int) -> Verdict:

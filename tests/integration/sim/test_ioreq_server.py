@@ -13,7 +13,6 @@ from pmemd.ioreq.machine import (
     IoRequest,
     Verdict,
     device_model_wakes,
-    hypervisor_observes,
     item_address,
     needs_completion,
 )
@@ -69,18 +68,6 @@ async def start(sim, nursery, vcpus: int = 1) -> tuple[IoreqServer, Recorder]:  
 
 
 # -- pure machine ------------------------------------------------------------------------------
-
-def test_hypervisor_table_completes_only_from_ready_or_inprocess_to_iorespready():
-    assert hypervisor_observes(abi.STATE_IOREQ_READY, abi.STATE_IORESP_READY) is Verdict.COMPLETE
-    assert hypervisor_observes(abi.STATE_IOREQ_INPROCESS, abi.STATE_IORESP_READY) is Verdict.COMPLETE
-    assert hypervisor_observes(abi.STATE_IOREQ_READY, abi.STATE_IOREQ_INPROCESS) is Verdict.WAIT
-
-
-def test_hypervisor_table_crashes_on_backwards_or_unknown_states():
-    assert hypervisor_observes(abi.STATE_IOREQ_INPROCESS, abi.STATE_IOREQ_READY) is Verdict.CRASH
-    assert hypervisor_observes(abi.STATE_IOREQ_READY, abi.STATE_IOREQ_NONE) is Verdict.CRASH
-    assert hypervisor_observes(abi.STATE_IOREQ_READY, 9) is Verdict.CRASH
-
 
 def test_device_model_serves_only_ready_slots():
     assert [device_model_wakes(s) for s in range(5)] == [
