@@ -60,6 +60,7 @@ STATUS_INVALID_INPUT = 3
 STATUS_HARDWARE_ERROR = 4
 
 ROOT_HANDLE = 0
+INTEL_BUS_HANDLE = 0xFFFFFFFF  # the root's _DSM with the Intel bus family UUID (no DIMM uses it)
 
 DsmRequestHeader = Struct(
     "handle" / Int32ul,

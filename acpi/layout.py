@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 ROOT_UUID = uuid.UUID("2f10e7a4-9e91-11e4-89d3-123b93f75cba")  # NFIT bus family
+INTEL_BUS_UUID = uuid.UUID("c7d8acd4-2df8-4b82-9f65-a325335af149")  # Intel bus family (FW activation)
 INTEL_DIMM_UUID = uuid.UUID("4309ac30-0d11-11e4-9191-0800200c9a66")  # Intel DIMM family
 PM_RANGE_GUID = uuid.UUID("66f0d379-b4f3-4074-ac43-0d3318b78cdb")  # byte-addressable pmem
 
@@ -33,6 +34,26 @@ DIMM_FAMILIES: dict[str, uuid.UUID] = {
 }
 
 Persistence = Literal["cpu", "mem-ctrl"]
+
+# NFIT memory-device map flags (ACPI 6.5 Table 5.157; Linux's ACPI_NFIT_MEM_*). The names are
+# what a config's `[[nvdimm]] flags` lists; Linux shows them in `nmemX/nfit/flags` as
+# save_fail, restore_fail, flush_fail, not_armed, smart_event, map_fail (and smart_notify
+# for health-enabled, which the daemon sets itself when it can raise health events).
+MEMDEV_SAVE_FAILED = 1 << 0
+MEMDEV_RESTORE_FAILED = 1 << 1
+MEMDEV_FLUSH_FAILED = 1 << 2
+MEMDEV_NOT_ARMED = 1 << 3
+MEMDEV_HEALTH_OBSERVED = 1 << 4
+MEMDEV_HEALTH_ENABLED = 1 << 5
+MEMDEV_MAP_FAILED = 1 << 6
+MEMDEV_FLAG_NAMES: dict[str, int] = {
+    "save-fail": MEMDEV_SAVE_FAILED,
+    "restore-fail": MEMDEV_RESTORE_FAILED,
+    "flush-fail": MEMDEV_FLUSH_FAILED,
+    "not-armed": MEMDEV_NOT_ARMED,
+    "health-observed": MEMDEV_HEALTH_OBSERVED,
+    "map-failed": MEMDEV_MAP_FAILED,
+}
 
 
 def nfit_handle(slot: int) -> int:
@@ -69,10 +90,26 @@ class Dimm:
     serial: int = 0
     flush_hint: int | None = None
     family: uuid.UUID = INTEL_DIMM_UUID
+    flags: int = 0  # configured MEMDEV_* bits (health-enabled comes from `health_events`)
+    health_events: bool = False  # the platform can raise Notify 0x81 on this DIMM
 
     @property
     def handle(self) -> int:
         return nfit_handle(self.slot)
+
+    @property
+    def memdev_flags(self) -> int:
+        """The memory-device map's flags: configured bits, `unarmed`, and health-enabled."""
+        return (
+            self.flags
+            | (MEMDEV_NOT_ARMED if self.unarmed else 0)
+            | (MEMDEV_HEALTH_ENABLED if self.health_events else 0)
+        )
+
+    @property
+    def map_failed(self) -> bool:
+        """The platform could not map it: no SPA range, and its memdev names SPA index 0."""
+        return bool(self.flags & MEMDEV_MAP_FAILED)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ Per DIMM: an SPA range (type 0), a memory-device map (type 1), a control region
 (type 4) and, when configured, a flush hint address (type 6); once per table, the
 platform capabilities (type 7) when a persistence domain is configured. Values are what
 Linux's nfit driver needs (see ../shared/reference/linux-nfit.md): range indexes ≠ 0,
-every memdev pointing at an existing control region, stable serials, unarmed → flag bit 3.
+every memdev pointing at an existing control region, stable serials. Memdev flags come from
+the DIMM (`Dimm.memdev_flags`); a map-failed DIMM gets no SPA range and its memdev names
+range index 0, as platform firmware describes a DIMM it could not map (Linux then registers
+the DIMM, shows `map_fail`, and builds no region on it).
 """
 
 from __future__ import annotations
@@ -134,7 +137,6 @@ STRUCTURES = {
 }
 
 SPA_FLAG_PROXIMITY_VALID = 1 << 1
-MEMDEV_FLAG_NOT_ARMED = 1 << 3
 MEMORY_MAPPING_WB_NV = 0x8 | 0x8000  # EFI_MEMORY_WB | EFI_MEMORY_NV
 FORMAT_BYTE_ADDRESSABLE = 0x0301  # byte-addressable, no energy source
 VENDOR_INTEL = 0x8086
@@ -158,14 +160,14 @@ def memory_device_map(d: Dimm) -> dict:
         device_handle=nfit_handle(d.slot),
         physical_id=0,
         region_id=0,
-        range_index=spa_index(d.slot),
+        range_index=0 if d.map_failed else spa_index(d.slot),
         region_index=dcr_index(d.slot),
         region_size=d.size,
         region_offset=0,
         address=0,
         interleave_index=0,
         interleave_ways=1,
-        flags=MEMDEV_FLAG_NOT_ARMED if d.unarmed else 0,
+        flags=d.memdev_flags,
     )
 
 
@@ -216,7 +218,8 @@ def nfit_structures(dimms: Iterable[Dimm], persistence: Persistence | None) -> b
     """The NFIT's structures without the table header: also what `_FIT` would return."""
     out = bytearray()
     for d in sorted(dimms, key=lambda d: d.slot):
-        out += _build(SpaRange, spa_range(d))
+        if not d.map_failed:
+            out += _build(SpaRange, spa_range(d))
         out += _build(MemoryDeviceMap, memory_device_map(d))
         out += _build(ControlRegion, control_region(d))
         if d.flush_hint is not None:

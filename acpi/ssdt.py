@@ -84,6 +84,7 @@ from acpi.layout import (
     FN_GET_LABEL_DATA,
     FN_GET_LABEL_SIZE,
     FN_SET_LABEL_DATA,
+    INTEL_BUS_UUID,
     LABEL_REVISION,
     ROOT_UUID,
     Dimm,
@@ -274,14 +275,19 @@ def _label_input() -> list[Term]:
     ]
 
 
-def _dsm_method(family: str, handle: TermLike) -> Method:
-    """_DSM: the right UUID goes to the device model; any other is answered here, untrapped."""
+def _dsm_method(*families: tuple[str, TermLike]) -> Method:
+    """_DSM: each known (UUID, handle) goes to the device model under that handle; any other
+    UUID is answered here, untrapped. The root has two families, so the Intel bus family
+    travels under its own handle (`INTEL_BUS_HANDLE`): the DSM page carries no UUID."""
     return Method(
         "_DSM",
         4,
         If(
             LEqual(ObjectType(Arg(0)), TYPE_BUFFER),
-            If(LEqual(Arg(0), Uuid(family)), Return(Call("NCAL", Arg(1), Arg(2), Call("NINP", Arg(3)), handle))),
+            *(
+                If(LEqual(Arg(0), Uuid(family)), Return(Call("NCAL", Arg(1), Arg(2), Call("NINP", Arg(3)), handle)))
+                for family, handle in families
+            ),
         ),
         If(LEqual(Arg(2), 0), Return(Buffer(b"\x00"))),
         Return(status_buffer(page.STATUS_NOT_SUPPORTED)),
@@ -318,7 +324,7 @@ def _dimm_methods(family: str) -> RawAml:
     from inside the method), so every DIMM of a family shares the same bytes.
     """
     handle = Path("_ADR")
-    return RawAml(definition_block_body(_dsm_method(family, handle), *_label_methods(handle)))
+    return RawAml(definition_block_body(_dsm_method((family, handle)), *_label_methods(handle)))
 
 
 def dimm_device(dimm: Dimm) -> Device:
@@ -338,7 +344,7 @@ def nvdr_terms(dimms: Iterable[Dimm], dsm: DsmPage) -> tuple[Term, ...]:
         _nsta(),
         _nlsi(),
         _nlsr(),
-        _dsm_method(str(ROOT_UUID), page.ROOT_HANDLE),
+        _dsm_method((str(ROOT_UUID), page.ROOT_HANDLE), (str(INTEL_BUS_UUID), page.INTEL_BUS_HANDLE)),
         *(dimm_device(d) for d in sorted(dimms, key=lambda d: d.slot)),
         events,
     )

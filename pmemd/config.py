@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from acpi.dsm_buffer import DEFAULT_NOTIFY_PORT, NOTIFY_WIDTH, PAGE_SIZE
-from acpi.layout import DIMM_FAMILIES
+from acpi.layout import DIMM_FAMILIES, MEMDEV_FLAG_NAMES, MEMDEV_MAP_FAILED
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -128,6 +128,20 @@ class NvdimmConfig:
     flush_hint: int | None
     serial: int
     family: str = "intel"  # the `_DSM` family (acpi.layout.DIMM_FAMILIES)
+    flags: tuple[str, ...] = ()  # NFIT memdev flags by name (acpi.layout.MEMDEV_FLAG_NAMES)
+
+    @property
+    def memdev_flags(self) -> int:
+        """The configured `flags` as NFIT memdev bits (`unarmed` and health-enabled not included)."""
+        bits = 0
+        for name in self.flags:
+            bits |= MEMDEV_FLAG_NAMES[name]
+        return bits
+
+    @property
+    def map_failed(self) -> bool:
+        """Configured "map-failed": the guest gets no SPA range for it, nothing is mapped."""
+        return bool(self.memdev_flags & MEMDEV_MAP_FAILED)
 
     @property
     def pmem_size(self) -> int:
@@ -377,6 +391,7 @@ def _host_range(value: Any, field_name: str) -> tuple[int, int]:
 
 _NVDIMM_FIELDS = {
     "backing", "size", "label_size", "slot", "node", "unarmed", "address", "flush_hint", "serial", "family",
+    "flags",
 }
 
 
@@ -422,10 +437,24 @@ def _nvdimm(t: Any, index: int, base_dir: Path) -> NvdimmConfig:
     family = t.get("family", "intel")
     if not isinstance(family, str) or family not in DIMM_FAMILIES:
         raise ConfigError(f"{name}.family", f"must be one of {', '.join(DIMM_FAMILIES)}, got {family!r}")
+    flags = _memdev_flags(t.get("flags", []), f"{name}.flags")
     path = Path(backing)
     if not path.is_absolute():
         path = base_dir / path
-    return NvdimmConfig(path, size, label_size, slot, node, unarmed, address, flush_hint, serial, family)
+    return NvdimmConfig(path, size, label_size, slot, node, unarmed, address, flush_hint, serial, family, flags)
+
+
+def _memdev_flags(value: Any, field_name: str) -> tuple[str, ...]:
+    """`flags = ["save-fail", ...]`: known names, each at most once, in the order given."""
+    known = ", ".join(MEMDEV_FLAG_NAMES)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(field_name, f"must be a list of flag names ({known}), got {value!r}")
+    for v in value:
+        if v not in MEMDEV_FLAG_NAMES:
+            raise ConfigError(field_name, f"unknown flag {v!r} (known: {known})")
+    if len(set(value)) != len(value):
+        raise ConfigError(field_name, f"lists a flag twice: {value!r}")
+    return tuple(value)
 
 
 def _place_nvdimms(nvdimms: list[NvdimmConfig], guest: GuestConfig) -> list[NvdimmConfig]:

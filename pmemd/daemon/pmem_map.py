@@ -84,8 +84,8 @@ def lock_backings(config: Config) -> Iterator[None]:
 
 
 async def map_all(config: Config, hv: DeviceModelHypervisor | None) -> dict[int, MapReport]:
-    """Populate every NVDIMM's guest PMEM range [address, address + pmem_size) from its file;
-    returns slot -> what was populated (empty without a `[host]` section)."""
+    """Populate every NVDIMM's guest PMEM range [address, address + pmem_size) from its file
+    (a map-failed one excepted); returns slot -> what was populated (empty without `[host]`)."""
     reports: dict[int, MapReport] = {}
     if config.host is None:
         if config.nvdimms:
@@ -95,6 +95,9 @@ async def map_all(config: Config, hv: DeviceModelHypervisor | None) -> dict[int,
         raise HostPmemError("[host] is set but there is no hypervisor to map guest PMEM with")
     sink = HypervisorSink(hv)
     for index, nvdimm in enumerate(config.nvdimms):
+        if nvdimm.map_failed:  # configured "map-failed": the NFIT gives it no SPA range either
+            log.info("pmem not mapped: the DIMM is configured map-failed", nvdimm=index)
+            continue
         host = host_pmem(config.host, nvdimm)
         expected = recorded_layout(nvdimm.backing)
         if expected is None:

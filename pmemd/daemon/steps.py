@@ -24,6 +24,7 @@ from pmemd.xen.backends import connect_hypervisor
 
 from . import dmacpi, pmem_map, state_key
 from .dsm_effects import open_media_effects
+from .firmware_file import open_firmware_file
 from .frontends.qemu_doorbell import DoorbellServer, GuestRamPage
 from .frontends.xen_page import DsmPageDevice
 from .guest import Guest, Step
@@ -125,13 +126,15 @@ async def lock_backing(guest: Guest) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def open_dsm_handlers(guest: Guest) -> AsyncIterator[None]:
     """Label stores (one file each, held open), the dispatcher over them, and its side
-    effects: saved health and poison restored, the ARS scrubber, notifies (`dsm_effects`)."""
+    effects: saved health and poison restored, the ARS scrubber, notifies (`dsm_effects`),
+    the DIMMs' firmware state (`firmware_file`)."""
     with contextlib.ExitStack() as stack:
         guest.labels = open_label_stores(guest.config, stack)
         media = MediaErrors.create(rate=guest.config.dsm.scrub_rate, now=trio.current_time)
         guest.handlers = build_dispatcher(guest.config, guest.labels, media=media)
         async with open_media_effects(guest.config, guest.handlers, guest.hv) as guest.effects:
-            yield
+            with open_firmware_file(guest.config, guest.handlers):
+                yield
 
 
 @contextlib.asynccontextmanager

@@ -39,9 +39,20 @@ def dimms(config: Config) -> list[Dimm]:
             serial=d.serial,
             flush_hint=d.flush_hint,
             family=DIMM_FAMILIES[d.family],
+            flags=d.memdev_flags,
+            health_events=can_raise_health_events(config),
         )
         for d in config.nvdimms
     ]
+
+
+def can_raise_health_events(config: Config) -> bool:
+    """Whether the daemon can deliver DIMM Notify 0x81 (health-enabled in the NFIT memdev flags).
+
+    The Xen transport raises them through the event GPE and `NVDR.NEVT`; QEMU's doorbell
+    carries no events, so a lab guest's DIMMs say health events are not enabled.
+    """
+    return config.dsm.transport == "xen"
 
 
 def dsm_page(config: Config) -> DsmPage:

@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from acpi.dsm_buffer import ROOT_HANDLE
+from acpi.dsm_buffer import INTEL_BUS_HANDLE, ROOT_HANDLE
 from pmemd.config import Config
 
-from .devices import Dimm, Root, slot_to_handle
+from .devices import Dimm, IntelBus, Root, slot_to_handle
 from .dispatcher import Dispatcher, Target
 from .families import intel_dimm_functions, label_methods_dimm_functions, nfit_root_functions
+from .firmware_functions import intel_bus_functions
 from .health import Health
 from .label_store import LabelStore
 from .media import MediaErrors
@@ -45,7 +46,7 @@ def build_dispatcher(
     """
     root_table = nfit_root_functions()
     dimm_table = intel_dimm_functions()
-    other_table = label_methods_dimm_functions()  # non-Intel families: labels via _LSx only
+    other_tables = {family: label_methods_dimm_functions(family) for family in ("hpe1", "msft", "hyperv")}
     root = Root(config.nvdimms) if media is None else Root(config.nvdimms, media)
     targets: dict[int, Target[Any]] = {ROOT_HANDLE: Target(root_table, root)}
     dimms: dict[int, Dimm] = {}
@@ -53,7 +54,9 @@ def build_dispatcher(
         dimm = Dimm(nvdimm, labels.get(nvdimm.slot))
         if health is not None and nvdimm.slot in health:
             dimm.health = health[nvdimm.slot]
-        table = dimm_table if nvdimm.family == "intel" else other_table
+        table = dimm_table if nvdimm.family == "intel" else other_tables[nvdimm.family]
         targets[slot_to_handle(nvdimm.slot)] = Target(table, dimm)
         dimms[nvdimm.slot] = dimm
+    intel = {slot: d for slot, d in dimms.items() if d.config.family == "intel"}
+    targets[INTEL_BUS_HANDLE] = Target(intel_bus_functions(), IntelBus(intel))
     return DsmHandlers(Dispatcher(targets), root, dimms)

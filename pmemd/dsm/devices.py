@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from acpi.layout import nfit_handle
 from pmemd.config import NvdimmConfig
 
+from .firmware import Firmware
 from .health import Health
 from .label_store import LabelStore
 from .media import MediaErrors
@@ -39,3 +40,15 @@ class Dimm:
     health: Health = field(default_factory=Health)
     pending_notifies: NotifyQueue = field(default_factory=NotifyQueue)
     """Notify values (0x81: health changed) for the transport to raise on this DIMM and drain."""
+    firmware: Firmware = field(default_factory=Firmware)  # Intel fns 12-16, 29, 30
+
+
+@dataclass
+class IntelBus:
+    """The root's Intel bus family (handle `INTEL_BUS_HANDLE`): firmware activation, bus-wide."""
+
+    dimms: dict[int, Dimm]  # slot -> each Intel-family DIMM
+
+    @property
+    def firmware(self) -> list[Firmware]:
+        return [d.firmware for d in self.dimms.values()]

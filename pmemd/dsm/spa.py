@@ -12,10 +12,13 @@ from pmemd.config import NvdimmConfig
 
 
 def pmem_holding(nvdimms: Iterable[NvdimmConfig], address: int, length: int) -> NvdimmConfig | None:
-    """The DIMM whose PMEM range holds all of [address, address + length), if any (length > 0)."""
+    """The DIMM whose PMEM range holds all of [address, address + length), if any (length > 0);
+    a map-failed DIMM has no SPA range, so it holds nothing."""
     if length <= 0:
         return None
     for nvdimm in nvdimms:
+        if nvdimm.map_failed:  # no SPA range in the NFIT: not the guest's PMEM
+            continue
         if nvdimm.address <= address and address + length <= nvdimm.end:
             return nvdimm
     return None

@@ -36,7 +36,7 @@ from uuid import UUID
 from acpi import dsm_buffer as page
 from acpi.dsm_buffer import DsmRequestHeader
 from acpi.events import EVENT_GPE, decode_event, event_bound
-from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID, device_name
+from acpi.layout import INTEL_BUS_UUID, INTEL_DIMM_UUID, ROOT_UUID, device_name
 from pmemd.config import Config
 from pmemd.ioreq.abi import IOREQ_WRITE
 from pmemd.sim import wire
@@ -229,6 +229,8 @@ class Guest:
             requested = uuid.UUID(str(line["uuid"])) if "uuid" in line else expected
         except ValueError:
             raise ScriptError(f"uuid is not a UUID: {line['uuid']!r}") from None
+        if dimm is None and requested == INTEL_BUS_UUID:  # the root's second family, as its _DSM routes it
+            handle, expected = page.INTEL_BUS_HANDLE, INTEL_BUS_UUID
         return DsmCall(handle, revision, function, arg3, vcpu, requested, expected)
 
     def run_line(self, text: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 
 from acpi import dsm_buffer as page
 from acpi.aml import Device, RawAml, Scope, definition_block_body
-from acpi.layout import INTEL_DIMM_UUID, ROOT_UUID, Dimm, DsmPage
+from acpi.layout import INTEL_BUS_UUID, INTEL_DIMM_UUID, ROOT_UUID, Dimm, DsmPage
 from acpi.ssdt import build_nvdr_body, build_ssdt
 from acpi.table import HEADER_SIZE, parse_table
 from tests.harness.acpica import AcpiExec, Evaluation, buffer_arg, compile_asl, decompile, package_arg, uuid_arg
@@ -62,6 +62,8 @@ LABEL_ARGS = {4: b"", 5: bytes(8), 6: bytes(8) + b"\xab" * 27}
 CALLS: dict[str, tuple[str, ...]] = {
     "dimm_fn0": (f"{NV00}._DSM", INTEL, "1", "0", "[ ]"),
     "root_fn0": (f"{ROOT}._DSM", uuid_arg(ROOT_UUID), "1", "0", "[ ]"),
+    "intel_bus_fn0": (f"{ROOT}._DSM", uuid_arg(INTEL_BUS_UUID), "1", "0", "[ ]"),
+    "intel_uuid_on_root": (f"{ROOT}._DSM", INTEL, "1", "0", "[ ]"),
     **{f"label_fn{f}": (f"{NV00}._DSM", INTEL, "1", str(f), package_arg(a)) for f, a in LABEL_ARGS.items()},
     "largest_write": ("\\BIGW", str(page.MAX_INPUT)),
     "oversized_write": ("\\BIGW", str(page.MAX_INPUT + 1)),
@@ -140,6 +142,15 @@ def test_dimm_function_0_costs_four_accesses(results: Results) -> None:
 
 def test_root_function_0_reaches_the_device_model(results: Results) -> None:
     assert results.accesses("root_fn0") == request_then_head(0)
+
+
+def test_root_intel_bus_family_reaches_the_device_model(results: Results) -> None:
+    assert results.accesses("intel_bus_fn0") == request_then_head(0)
+
+
+def test_root_answers_a_dimm_family_uuid_without_trapping(results: Results) -> None:
+    assert results.accesses("intel_uuid_on_root") == []
+    assert results["intel_uuid_on_root"].buffer() == b"\x00"
 
 
 @pytest.mark.parametrize("function", sorted(LABEL_ARGS))

@@ -18,7 +18,7 @@ import pytest
 from construct import Int32ul
 
 from acpi import dsm_buffer as page
-from acpi.layout import ROOT_UUID
+from acpi.layout import INTEL_BUS_UUID, ROOT_UUID
 from pmemd.dsm.labels import MAX_LABEL_TRANSFER
 from tests.harness.e2e_host import Host, run_all, script_text
 
@@ -143,6 +143,10 @@ BAD_CALLS: dict[str, tuple[dict[str, Any], int]] = {
     "label size on a DIMM without labels": ({"dimm": 1, "function": 4}, NOT_SUPPORTED),
     "label read on a DIMM without labels": ({**label_read(0, 8), "dimm": 1}, NOT_SUPPORTED),
     "label write on a DIMM without labels": ({**label_write(0, bytes(8)), "dimm": 1}, NOT_SUPPORTED),
+    "firmware data without an update": ({"dimm": 0, "function": 14, "revision": 2, "arg3": u32(1, 0, 1) + "00"},
+                                        0x10007),
+    "firmware activation with nothing armed": (
+        {"dimm": None, "function": 2, "uuid": str(INTEL_BUS_UUID), "arg3": "01"}, 6 | 1 << 16),
 }
 
 UNTRAPPED_CALLS: dict[str, tuple[dict[str, Any], str]] = {
@@ -152,7 +156,9 @@ UNTRAPPED_CALLS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 MASK_CALLS: dict[str, tuple[dict[str, Any], set[int]]] = {
-    "DIMM function 0 at revision 2": ({"dimm": 0, "function": 0, "revision": 2}, {0, 17, 18}),
+    "DIMM function 0 at revision 2": ({"dimm": 0, "function": 0, "revision": 2},
+                                      {0, 12, 13, 14, 15, 16, 17, 18, 29, 30}),
+    "Intel bus function 0": ({"dimm": None, "function": 0, "uuid": str(INTEL_BUS_UUID)}, {0, 1, 2}),
     "DIMM function 0 at revision 3": ({"dimm": 0, "function": 0, "revision": 3}, set()),
     "root function 0 at revision 2": ({"dimm": None, "function": 0, "revision": 2}, set()),
     "unlabelled DIMM function 0": ({"dimm": 1, "function": 0}, {0, 1, 2, 10}),
