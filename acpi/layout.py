@@ -91,6 +91,7 @@ class Dimm:
     flush_hint: int | None = None
     family: uuid.UUID = INTEL_DIMM_UUID
     flags: int = 0  # configured MEMDEV_* bits (health-enabled comes from `health_events`)
+    labels: bool = True  # has a label area: the SSDT gives it _LSI/_LSR/_LSW
     health_events: bool = False  # the platform can raise Notify 0x81 on this DIMM
 
     @property

@@ -317,19 +317,24 @@ def _label_methods(handle: TermLike) -> list[Method]:
 
 
 @functools.cache
-def _dimm_methods(family: str) -> RawAml:
-    """A DIMM's `_DSM` and label methods, encoded once per family.
+def _dimm_methods(family: str, labels: bool) -> RawAml:
+    """A DIMM's `_DSM` and (with a label area) label methods, encoded once per kind.
 
     They take the handle from the device's own `_ADR` (found by the namespace search
-    from inside the method), so every DIMM of a family shares the same bytes.
+    from inside the method), so every DIMM of a family shares the same bytes. A DIMM
+    without a label area gets no `_LSx`: Linux takes `_LSI`'s presence as "labels
+    readable" and fails the DIMM's probe (-EIO) when `_LSI` then reports no area.
     """
     handle = Path("_ADR")
-    return RawAml(definition_block_body(_dsm_method((family, handle)), *_label_methods(handle)))
+    label_methods = _label_methods(handle) if labels else []
+    return RawAml(definition_block_body(_dsm_method((family, handle)), *label_methods))
 
 
 def dimm_device(dimm: Dimm) -> Device:
     """NVxx: `_ADR` = NFIT handle, the family `_DSM`, and the label methods."""
-    return Device(device_name(dimm.slot), Name("_ADR", nfit_handle(dimm.slot)), _dimm_methods(str(dimm.family)))
+    return Device(
+        device_name(dimm.slot), Name("_ADR", nfit_handle(dimm.slot)), _dimm_methods(str(dimm.family), dimm.labels)
+    )
 
 
 def nvdr_terms(dimms: Iterable[Dimm], dsm: DsmPage) -> tuple[Term, ...]:

@@ -249,6 +249,25 @@ def cmd_guest(args: argparse.Namespace) -> int:
         return EXIT_BAD_VALUE
 
 
+def cmd_firmware_image(args: argparse.Namespace) -> int:
+    """Write a firmware image a virtual Intel DIMM verifies (`pmemd.dsm.firmware_image`)."""
+    from pmemd.dsm.firmware_image import build_image
+
+    try:
+        version = int(args.version, 0)
+        payload = Path(args.payload).read_bytes() if args.payload else b""
+        image = build_image(version, payload)
+    except ValueError as e:
+        print(f"pmemd: firmware-image: {e}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    except OSError as e:
+        print(f"pmemd: firmware-image: cannot read {args.payload}: {e.strerror}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    Path(args.out).write_bytes(image)
+    print(json.dumps({"out": args.out, "version": f"{version:#x}", "bytes": len(image)}))
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Boot a real Linux guest under QEMU against the daemon and run a shell script in it."""
     from pmemd.config import ConfigError
@@ -256,12 +275,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from pmemd.lab.run import LabOptions, run_lab
 
     try:
-        boot = prepare()
+        boot = prepare(kernel=Path(args.kernel) if args.kernel else None,
+                       modules=Path(args.modules) if args.modules else None)
     except ImageError as e:
         print(f"pmemd: lab image: {e}", file=sys.stderr)
         return EXIT_BAD_VALUE
     options = LabOptions(Path(args.config), Path(args.script), Path(args.keep) if args.keep else None,
-                         args.timeout, args.stop_daemon_after_calls)
+                         args.timeout, args.stop_daemon_after_calls, append=args.append)
     try:
         return run_lab(options, boot)
     except ConfigError as e:
@@ -385,8 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before the guest is stopped (exit 124)")
     p.add_argument("--stop-daemon-after-calls", type=int, metavar="N",
                    help="fault drill: stop the daemon after N _DSM calls; the guest must still boot")
+    p.add_argument("--kernel", metavar="IMG",
+                   help="boot this kernel (bzImage, or a CONFIG_PVH vmlinux) instead of Debian's")
+    p.add_argument("--modules", metavar="DIR",
+                   help="that kernel's modules: the INSTALL_MOD_PATH of `make modules_install` "
+                        "(or its lib/modules/<release>); omit when the NVDIMM drivers are built in")
+    p.add_argument("--append", default="", metavar="ARGS",
+                   help="extra kernel command line, e.g. \"nfit.dyndbg=+p\"")
     p.add_argument("script", help="shell script run in the guest; its exit status is the command's")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("firmware-image", help="write a firmware image for `ndctl update-firmware` in a guest")
+    p.add_argument("--version", required=True, help="the image's firmware version (u64, e.g. 0x200000001)")
+    p.add_argument("--payload", help="file whose bytes the image carries (default: none)")
+    p.add_argument("--out", required=True, help="where to write the image")
+    p.set_defaults(func=cmd_firmware_image)
 
     p = sub.add_parser("prepare", help="allocate, write, unshare and verify each NVDIMM's backing file")
     p.add_argument("--config", required=True, help="guest config (TOML)")

@@ -40,6 +40,7 @@ def dimms(config: Config) -> list[Dimm]:
             flush_hint=d.flush_hint,
             family=DIMM_FAMILIES[d.family],
             flags=d.memdev_flags,
+            labels=d.label_size > 0,
             health_events=can_raise_health_events(config),
         )
         for d in config.nvdimms

@@ -15,6 +15,12 @@ Everything comes from Debian packages on the host, cached under `cache_dir()`
 The initramfs's cache key hashes the kernel version, the host's busybox and ndctl
 binaries and `INIT`, so an upgraded package or an edited init rebuilds it. Runs sharing the
 cache take turns building and publish each entry atomically (`pmemd.lab.cache`).
+
+A developer's own kernel (`pmemd lab --kernel IMG [--modules DIR]`): IMG is booted as given
+(a bzImage, or a vmlinux built with CONFIG_PVH); DIR is where `make modules_install
+INSTALL_MOD_PATH=DIR` put its modules (DIR/lib/modules/<release>, with modules.dep), or that
+release directory itself. Modules the kernel has built in (modules.builtin) need no file;
+without `--modules` the kernel must have every NVDIMM driver built in.
 """
 
 from __future__ import annotations
@@ -51,7 +57,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-for m in {" ".join(m for m in MODULES if m not in ("libnvdimm", "kmem"))}; do modprobe $m || echo "pmemd-lab: modprobe $m failed"; done
+for m in {" ".join(m for m in MODULES if m not in ("libnvdimm", "kmem"))}; do
+    modprobe $m 2>/dev/null || [ -d /sys/module/$m ] || echo "pmemd-lab: modprobe $m failed"
+done
 script=/sys/firmware/qemu_fw_cfg/by_name/{SCRIPT_FW_CFG}/raw
 if [ -r $script ]; then cp $script /tmp/script; sh /tmp/script; rc=$?; else echo "pmemd-lab: no script"; rc=127; fi
 echo "{EXIT_MARKER}$rc"
@@ -74,17 +82,43 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PMEMD_LAB_CACHE", Path.home() / ".cache" / "pmemd-lab"))
 
 
-def prepare(cache: Path | None = None) -> BootFiles:
-    """The kernel and initramfs, from the cache when their inputs have not changed."""
+def prepare(cache: Path | None = None, *, kernel: Path | None = None, modules: Path | None = None) -> BootFiles:
+    """The kernel and initramfs, from the cache when their inputs have not changed.
+
+    `kernel` (and its `modules` tree) replaces Debian's kernel: see the module docstring.
+    """
     cache = cache or cache_dir()
-    package = _kernel_package()
-    version = package.removeprefix("linux-image-")
+    if modules is not None and kernel is None:
+        raise ImageError("--modules goes with --kernel: the modules of that kernel")
     with locked(cache):
         remove_abandoned(cache)
+        if kernel is not None:
+            return _own_kernel(cache, kernel, modules)
+        package = _kernel_package()
+        version = package.removeprefix("linux-image-")
         root = _unpacked_kernel(cache, package, version)
         vmlinux = _vmlinux(cache, root, version)
-        initramfs = _initramfs(cache, root, version)
+        initramfs = _initramfs(cache, root / "lib/modules" / version, version)
     return BootFiles(vmlinux, initramfs, version)
+
+
+def _own_kernel(cache: Path, kernel: Path, modules: Path | None) -> BootFiles:
+    if not kernel.is_file():
+        raise ImageError(f"kernel image {kernel} is not a file")
+    moddir = None if modules is None else _release_dir(modules)
+    version = moddir.name if moddir is not None else "builtin"
+    return BootFiles(kernel.resolve(), _initramfs(cache, moddir, version), version)
+
+
+def _release_dir(modules: Path) -> Path:
+    """DIR/lib/modules/<release> (or DIR itself when it is one): the one holding modules.dep."""
+    if (modules / "modules.dep").is_file():
+        return modules.resolve()
+    releases = [d for d in (modules / "lib" / "modules").glob("*") if (d / "modules.dep").is_file()]
+    if len(releases) != 1:
+        raise ImageError(f"{modules}: expected one lib/modules/<release> with modules.dep (run depmod), "
+                         f"found {len(releases)}")
+    return releases[0].resolve()
 
 
 def _run(args: list[str], **kwargs: Any) -> str:
@@ -140,10 +174,13 @@ def _vmlinux(cache: Path, root: Path, version: str) -> Path:
     return publish(cache, out.name, lambda tmp: tmp.write_bytes(elf))
 
 
-def _initramfs(cache: Path, root: Path, version: str) -> Path:
-    files = _initramfs_files(root, version)
+def _initramfs(cache: Path, moddir: Path | None, version: str) -> Path:
+    """The initramfs with the modules of `moddir` (None: a kernel with the drivers built in)."""
+    files = _initramfs_files(moddir, version)
     key = hashlib.sha256()
-    key.update(version.encode() + INIT.encode())
+    key.update(version.encode() + INIT.encode() + str(moddir).encode())
+    if moddir is not None:
+        key.update((moddir / "modules.dep").read_bytes())
     for host in (BUSYBOX, NDCTL):
         key.update(host.read_bytes())
     out = cache / f"initramfs-{version}-{key.hexdigest()[:16]}.cpio"
@@ -160,16 +197,16 @@ def _initramfs(cache: Path, root: Path, version: str) -> Path:
     return publish(cache, out.name, write)
 
 
-def _initramfs_files(root: Path, version: str) -> dict[str, bytes | str]:
+def _initramfs_files(moddir: Path | None, version: str) -> dict[str, bytes | str]:
     """Archive path → file bytes (or a str: symlink target)."""
     files: dict[str, bytes | str] = {"init": INIT.encode(), "bin/busybox": BUSYBOX.read_bytes()}
-    moddir = root / "lib/modules" / version
-    closure = _module_closure(moddir)
-    for name in closure:
-        files[f"lib/modules/{version}/{name}"] = (moddir / name).read_bytes()
-    dep_lines = [line for line in (moddir / "modules.dep").read_text().splitlines()
-                 if line.partition(":")[0] in closure]
-    files[f"lib/modules/{version}/modules.dep"] = ("\n".join(dep_lines) + "\n").encode()
+    if moddir is not None:
+        closure = _module_closure(moddir)
+        for name in closure:
+            files[f"lib/modules/{version}/{name}"] = (moddir / name).read_bytes()
+        dep_lines = [line for line in (moddir / "modules.dep").read_text().splitlines()
+                     if line.partition(":")[0] in closure]
+        files[f"lib/modules/{version}/modules.dep"] = ("\n".join(dep_lines) + "\n").encode()
     files["usr/bin/ndctl"] = NDCTL.read_bytes()
     for lib in _shared_libraries(NDCTL):
         files[lib.lstrip("/")] = Path(lib).resolve().read_bytes()
@@ -184,11 +221,13 @@ def _module_closure(moddir: Path) -> list[str]:
         target, _, rest = line.partition(":")
         deps[target] = rest.split()
     by_name = {Path(p).name.removesuffix(".ko"): p for p in deps}
-    missing = [m for m in MODULES if m not in by_name]
+    builtin_file = moddir / "modules.builtin"
+    builtin = {Path(p).name.removesuffix(".ko") for p in builtin_file.read_text().split()} if builtin_file.exists() else set()
+    missing = [m for m in MODULES if m not in by_name and m not in builtin]
     if missing:
-        raise ImageError(f"kernel modules not found: {', '.join(missing)}")
+        raise ImageError(f"kernel modules not found in {moddir} (nor built in): {', '.join(missing)}")
     closure: set[str] = set()
-    todo = [by_name[m] for m in MODULES]
+    todo = [by_name[m] for m in MODULES if m in by_name]
     while todo:
         path = todo.pop()
         if path not in closure:

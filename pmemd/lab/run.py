@@ -54,6 +54,7 @@ class LabOptions:
     timeout: float = 300.0
     stop_daemon_after_calls: int | None = None  # fault drill: stop serving after N calls
     console: TextIO = sys.stdout
+    append: str = ""  # extra kernel command line (e.g. "nfit.dyndbg=+p")
 
 
 def lab_config(path: Path, workdir: Path, ram: Path) -> Config:
@@ -80,8 +81,9 @@ def lab_config(path: Path, workdir: Path, ram: Path) -> Config:
     return cfg
 
 
-def qemu_command(cfg: Config, boot: BootFiles, workdir: Path, script: Path) -> list[str]:
-    """QEMU TCG with our tables, the backing files as pc-dimms and the doorbell."""
+def qemu_command(cfg: Config, boot: BootFiles, workdir: Path, script: Path, append: str = "") -> list[str]:
+    """QEMU TCG with our tables, the backing files as pc-dimms and the doorbell; `append` is
+    added to the kernel command line."""
     ram = cfg.guest.lowmem
     ends = [d.end for d in cfg.nvdimms] or [DEVICE_MEMORY_BASE]
     window = -(-(max(ends) - DEVICE_MEMORY_BASE) // GiB) * GiB
@@ -94,10 +96,15 @@ def qemu_command(cfg: Config, boot: BootFiles, workdir: Path, script: Path) -> l
         "-acpitable", f"file={workdir / 'NFIT.bin'}", "-acpitable", f"file={workdir / 'SSDT.bin'}",
         "-fw_cfg", f"name={SCRIPT_FW_CFG},file={script}",
         "-kernel", str(boot.kernel), "-initrd", str(boot.initramfs),
-        "-append", f"console=ttyS0 panic=-1 quiet acpi_no_memhotplug memmap={RESERVED_SIZE >> 10}K${cfg.dsm.page:#x}",
+        "-append", " ".join(filter(None, (
+            f"console=ttyS0 panic=-1 quiet acpi_no_memhotplug memmap={RESERVED_SIZE >> 10}K${cfg.dsm.page:#x}",
+            append,
+        ))),
         "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot",
     ]
     for d in cfg.nvdimms:
+        if d.map_failed:  # the platform "failed to map" it: the NFIT has no SPA range for it either
+            continue
         cmd += [
             "-object", f"memory-backend-file,id=nv{d.slot},share=on,mem-path={d.backing},size={d.pmem_size}",
             "-device", f"pc-dimm,id=dimm{d.slot},memdev=nv{d.slot},addr={d.address:#x}",
@@ -138,7 +145,7 @@ async def _boot(cfg: Config, boot: BootFiles, workdir: Path, options: LabOptions
         guest: Guest = await nursery.start(partial(_serve, cfg, daemon_scope))
         if options.stop_daemon_after_calls is not None:
             nursery.start_soon(_stop_daemon_after, guest, daemon_scope, options.stop_daemon_after_calls)
-        cmd = qemu_command(cfg, boot, workdir, options.script)
+        cmd = qemu_command(cfg, boot, workdir, options.script, options.append)
         proc: trio.Process = await nursery.start(partial(
             trio.run_process, cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False))
         with (workdir / "console.log").open("w") as console_log:

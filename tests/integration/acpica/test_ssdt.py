@@ -125,6 +125,15 @@ def test_disassembled_ssdt_recompiles_cleanly(ssdt: bytes, tmp_path: Path) -> No
     assert _body(again) == _body(dsl)
 
 
+def test_a_dimm_without_a_label_area_has_no_label_methods(tmp_path: Path) -> None:
+    # Found by the lab guest: a label-less MSFT DIMM with _LSI failed its probe (-EIO, "disabled").
+    dimms = [Dimm(slot=0, address=0x140000000, size=1 << 30, labels=False), DIMMS[1]]
+    dsl = decompile(build_ssdt(dimms, PAGE), tmp_path)
+    assert dsl.count("Method (_DSM, 4") == 3
+    assert dsl.count("Method (_LSI, 0, Serialized)") == 1
+    assert "Method (_LSI" not in dsl[dsl.index("Device (NV00)"):dsl.index("Device (NV01)")]
+
+
 def _body(dsl: str) -> str:
     return dsl[dsl.index("DefinitionBlock") :]
 
