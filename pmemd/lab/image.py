@@ -98,7 +98,7 @@ def prepare(cache: Path | None = None, *, kernel: Path | None = None, modules: P
         version = package.removeprefix("linux-image-")
         root = _unpacked_kernel(cache, package, version)
         vmlinux = _vmlinux(cache, root, version)
-        initramfs = _initramfs(cache, root / "lib/modules" / version, version)
+        initramfs = _initramfs(cache, (root / "lib/modules" / version).resolve(), version)
     return BootFiles(vmlinux, initramfs, version)
 
 

@@ -6,6 +6,10 @@ Intel DIMM configured map-failed (3), and the Intel DIMM whose firmware is updat
 highest slot, as the config requires). Before the boot the test writes the guest state file
 with a different health per family, so `ndctl list -DH` proves each family reads the shared
 health model; the firmware image comes from `pmemd firmware-image` on the host.
+
+The boot takes the developer's path: `--kernel` and `--modules` name a kernel and its
+`modules_install` tree (Debian's, from the lab cache, standing in for one built by hand) and
+`--append nfit.dyndbg=+p` makes the kernel log every DSM it sends.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.firmware import INITIAL_VERSION, parse_firmware_file
 from pmemd.dsm.guest_state import state_file_bytes
 from pmemd.dsm.health import HEALTH_CRITICAL, HEALTH_FATAL, HEALTH_NON_CRITICAL, encode_temperature
+from pmemd.lab.image import cache_dir, prepare
 from tests.guest.test_lab_guest import Boot, require_qemu
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(200)]  # the first test waits for the boot
@@ -114,9 +119,12 @@ def platform(request, tmp_path_factory) -> tuple[Boot, Path]:
     (work / "script.sh").write_text(SCRIPT.format(image=base64.encodebytes(good).decode().strip(),
                                                   bad=base64.encodebytes(bad).decode().strip()))
     out = work / "out"
+    debian = prepare()  # a kernel and its modules tree, as `make modules_install` leaves one
+    own = ["--kernel", str(debian.kernel), "--modules", str(cache_dir() / f"linux-image-{debian.version}"),
+           "--append", "nfit.dyndbg=+p"]
     proc = subprocess.run(
         [sys.executable, "-m", "pmemd.cli", "lab", "--config", str(work / "lab.toml"), "--keep", str(out),
-         "--timeout", "150", str(work / "script.sh")],
+         "--timeout", "150", *own, str(work / "script.sh")],
         capture_output=True, text=True, timeout=175,
     )
     summary = json.loads((out / "summary.json").read_text())
@@ -199,6 +207,11 @@ def test_a_corrupt_image_fails_verification_and_changes_nothing(platform: tuple[
 def test_an_image_larger_than_the_dimm_store_is_refused(platform: tuple[Boot, Path]) -> None:
     oversized = platform[0].section("oversized")
     assert "greater than DIMM store" in oversized and "rc=0" not in oversized
+
+
+def test_the_kernel_logs_the_firmware_dsms_it_sends_with_the_appended_dyndbg(platform: tuple[Boot, Path]) -> None:
+    dmesg = platform[0].section("dmesg")
+    assert re.search(r"cmd: \d+: family: 0 func: 14 input length", dmesg)  # send data, from ndctl
 
 
 def test_the_activated_version_is_saved_for_the_next_daemon(platform: tuple[Boot, Path]) -> None:
