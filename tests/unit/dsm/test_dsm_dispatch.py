@@ -10,13 +10,15 @@ from construct import Int32ul
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from acpi.dsm_buffer import MAX_INPUT, MAX_PAYLOAD, PAGE_SIZE
+from acpi.dsm_buffer import INTEL_BUS_HANDLE, MAX_INPUT, MAX_PAYLOAD, PAGE_SIZE
 from pmemd.config import Config, from_mapping
+from pmemd.dsm import firmware
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.call import MAX_OUTPUT, Call, InvalidInput, Reply, Status, parse_input
-from pmemd.dsm.devices import Dimm, Root, slot_to_handle
+from pmemd.dsm.devices import Dimm, IntelBus, Root, slot_to_handle
 from pmemd.dsm.dispatcher import Dispatcher, Target
-from pmemd.dsm.families import intel_dimm_functions, nfit_root_functions
+from pmemd.dsm.families import intel_dimm_functions, label_methods_dimm_functions, nfit_root_functions
+from pmemd.dsm.firmware_functions import intel_bus_functions
 from pmemd.dsm.functions import FunctionTable
 from pmemd.dsm.label_store import MemoryLabelStore
 from pmemd.dsm.page import decode_reply, decode_request, encode_request
@@ -298,22 +300,30 @@ def test_one_function_may_be_registered_at_two_revisions() -> None:
 
 # Fuzz: whatever the guest writes, the reply is well formed.
 
-DEFINED_STATUSES = set(Status)
+DEFINED_STATUSES = set(Status) | {
+    firmware.STATUS_CONTEXT_INVALID, firmware.STATUS_FINISH_DONE, firmware.STATUS_BAD_IMAGE,
+    firmware.STATUS_ABORTED, firmware.BUS_STATUS_NO_ARM, firmware.BUS_STATUS_NO_FIRMWARE,
+}
 
 
 def fuzz_dispatcher() -> Dispatcher:
-    """Labels (writable, read-only, none) plus a handler that fails on odd input."""
+    """Labels (writable, read-only, none), the other families, the Intel bus family, plus a
+    handler that fails on odd input."""
     writable, read_only, unlabelled = guest_config(LABEL_SIZE, LABEL_SIZE, 0).nvdimms
     dimms = intel_dimm_functions()
     flaky: FunctionTable[None] = FunctionTable("flaky")
     flaky.register(7, 1, lambda call, device: Reply.success(bytes(len(call.input) // (len(call.input) % 2))))
+    intel = {1: Dimm(writable, MemoryLabelStore(LABEL_SIZE)), 2: Dimm(read_only, MemoryLabelStore(LABEL_SIZE, writable=False)),
+             3: Dimm(unlabelled, None)}
     return Dispatcher(
         {
             0: Target(nfit_root_functions(), Root(())),
-            1: Target(dimms, Dimm(writable, MemoryLabelStore(LABEL_SIZE))),
-            2: Target(dimms, Dimm(read_only, MemoryLabelStore(LABEL_SIZE, writable=False))),
-            3: Target(dimms, Dimm(unlabelled, None)),
+            **{handle: Target(dimms, dimm) for handle, dimm in intel.items()},
+            4: Target(label_methods_dimm_functions("msft"), Dimm(writable, MemoryLabelStore(LABEL_SIZE))),
+            5: Target(label_methods_dimm_functions("hyperv"), Dimm(unlabelled, None)),
+            6: Target(label_methods_dimm_functions("hpe1"), Dimm(unlabelled, None)),
             9: Target(flaky, None),
+            INTEL_BUS_HANDLE: Target(intel_bus_functions(), IntelBus(intel)),
         }
     )
 
@@ -336,9 +346,9 @@ def label_calls(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def arbitrary_calls(draw: st.DrawFn) -> bytes:
-    handle = draw(st.one_of(st.integers(0, 4), st.just(9), u32))
+    handle = draw(st.one_of(st.integers(0, 6), st.just(9), st.just(INTEL_BUS_HANDLE), u32))
     revision = draw(st.one_of(st.integers(0, 3), u32))
-    function = draw(st.one_of(st.integers(0, 8), u32))
+    function = draw(st.one_of(st.integers(0, 31), u32))
     data = draw(st.one_of(st.binary(max_size=16), st.binary(max_size=MAX_INPUT)))
     input_length = draw(st.one_of(st.just(len(data)), u32))
     page = bytearray(encode_request(handle, revision, function, data, input_length=input_length))

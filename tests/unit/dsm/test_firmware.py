@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 from construct import Int8ul, Int32ul
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from acpi.dsm_buffer import INTEL_BUS_HANDLE
 from pmemd.config import from_mapping
@@ -483,3 +485,55 @@ def test_contexts_continue_after_a_restore() -> None:
 def test_the_context_counter_wraps_past_zero() -> None:
     fw = Firmware(last_context=0xFFFFFFFF)
     assert fw.start() == (0, 1)
+
+
+# Any sequence of calls (the guest is untrusted): every reply is a documented status and only
+# a verified image is ever staged or run.
+
+OTHER_VERSION = 0x0000_0009_0000_0001
+OTHER_IMAGE = build_image(OTHER_VERSION, b"other")
+VALID_VERSIONS = {0, INITIAL_VERSION, NEW, OTHER_VERSION}
+DOCUMENTED = {
+    13: {0, START_BUSY},
+    14: {0, CONTEXT_INVALID, Status.INVALID_INPUT},
+    15: {0, CONTEXT_INVALID, FINISH_DONE, ABORTED, Status.INVALID_INPUT},
+    16: {0, CONTEXT_INVALID, SEQUENCE, BAD_IMAGE, Status.INVALID_INPUT},
+    30: {0, Status.INVALID_INPUT},
+    2: {0, BUS_STATUS_NO_ARM, BUS_STATUS_NO_FIRMWARE, Status.INVALID_INPUT},
+}
+
+
+@st.composite
+def firmware_ops(draw: st.DrawFn) -> tuple:
+    kind = draw(st.sampled_from(["start", "send", "finish", "query", "arm", "activate"]))
+    context = draw(st.one_of(st.just(None), st.integers(0, 4), st.integers(0, 0xFFFFFFFF)))  # None: the live one
+    image = draw(st.sampled_from([IMAGE, OTHER_IMAGE, IMAGE[:-1] + b"\xff"]))
+    offset = draw(st.one_of(st.integers(0, len(image)), st.integers(0, STORAGE_SIZE)))
+    size = draw(st.integers(0, 64))
+    flags = draw(st.integers(0, 3))
+    return kind, context, image, offset, size, flags
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(firmware_ops(), max_size=25))
+def test_any_call_sequence_gets_documented_statuses_and_stages_only_verified_images(ops: list[tuple]) -> None:
+    g = guest()
+    live = 0
+    for kind, context, image, offset, size, flags in ops:
+        ctx = live if context is None else context
+        if kind == "start":
+            status, got = start(g)
+            live = got if status == 0 else live
+            assert status in DOCUMENTED[13]
+        elif kind == "send":
+            assert send(g, ctx, offset, image[offset:offset + size]) in DOCUMENTED[14]
+        elif kind == "finish":
+            assert finish(g, ctx, flags) in DOCUMENTED[15]
+        elif kind == "query":
+            assert query(g, ctx)[0] in DOCUMENTED[16]
+        elif kind == "arm":
+            assert arm(g, flags) in DOCUMENTED[30]
+        else:
+            assert activate(g, flags) in DOCUMENTED[2]
+        i = info(g)
+        assert i.run_version in VALID_VERSIONS and i.updated_version in VALID_VERSIONS
