@@ -142,10 +142,12 @@ def family_dispatcher(tmp_path: Path, family: str):
     return build_dispatcher(qemu_config(tmp_path, family=family), {0: MemoryLabelStore(LABELS)}).dispatcher
 
 
-@pytest.mark.parametrize("family", ["hyperv", "msft", "hpe1"])
-def test_non_intel_dimm_function_0_sets_bit_0_alone(tmp_path: Path, family: str) -> None:
+@pytest.mark.parametrize(("family", "health"), [("hyperv", {1, 2}), ("msft", {11}), ("hpe1", {1})])
+def test_non_intel_dimm_function_0_offers_its_health_and_no_label_functions(
+    tmp_path: Path, family: str, health: set[int]
+) -> None:
     dispatcher = family_dispatcher(tmp_path, family)
-    assert (dispatcher.mask(1, 1), dispatcher.mask(1, 2)) == (1, 0)
+    assert (dispatcher.mask(1, 1), dispatcher.mask(1, 2)) == (1 | sum(1 << f for f in health), 0)
 
 
 def test_non_intel_dimm_still_serves_label_functions_for_lsx(tmp_path: Path) -> None:
@@ -155,7 +157,7 @@ def test_non_intel_dimm_still_serves_label_functions_for_lsx(tmp_path: Path) -> 
 
 
 def test_non_intel_dimm_refuses_intel_smart(tmp_path: Path) -> None:
-    dispatcher = family_dispatcher(tmp_path, "hyperv")
+    dispatcher = family_dispatcher(tmp_path, "msft")
     assert decode_reply(dispatcher.dispatch(encode_request(1, 1, 1))) == (1).to_bytes(4, "little")
 
 
