@@ -420,6 +420,15 @@ def test_translate_spa_outside_every_dimm_is_status_2() -> None:
     assert g.call(5, Int64ul.build(0x100000)) == (Status.NO_SUCH_DEVICE, b"")
 
 
+def test_a_map_failed_dimm_holds_no_spa() -> None:
+    config = from_mapping({"domid": 1, "nvdimm": [
+        {"backing": "nv0.img", "size": PMEM, "flags": ["map-failed"]}, {"backing": "nv1.img", "size": PMEM},
+    ]}, base_dir=Path("/nonexistent"))
+    g = Guest(build_dispatcher(config, {}).dispatcher, FakeClock(), config)
+    base, _ = g.spa(0)
+    assert g.call(5, Int64ul.build(base + 0x1234)) == (Status.NO_SUCH_DEVICE, b"")
+
+
 # The trio scrubber runner.
 
 
