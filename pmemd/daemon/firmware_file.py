@@ -2,8 +2,8 @@
 activation result and update context, kept across daemon restarts.
 
 Its own small file beside the guest state file (`<backing>.pmemd-firmware`, or
-`<[dsm] state_file>.firmware`), replaced atomically (`atomic.replace_in`) through a directory
-descriptor opened before `--depriv`, after every `_DSM` call that changed it. A daemon start
+`<[dsm] state_file>.firmware`), opened before `--depriv` and replaced atomically
+(`atomic.replace_in`, through `StateFile`) after every `_DSM` call that changed it. A daemon start
 is the DIMMs' power cycle (`Firmware.power_on`): a staged version becomes the running one.
 The format is `pmemd.dsm.firmware`'s (`firmware_file_bytes`).
 """
@@ -11,7 +11,6 @@ The format is `pmemd.dsm.firmware`'s (`firmware_file_bytes`).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -26,8 +25,7 @@ from pmemd.dsm.dispatcher import Phase
 from pmemd.dsm.firmware import Firmware, firmware_file_bytes, parse_firmware_file
 from pmemd.dsm.state_blob import StateFormatError
 
-from .atomic import replace_in
-from .state_file import STATE_SUFFIX, state_file_path
+from .state_file import STATE_SUFFIX, StateFile, state_file_path
 
 log = structlog.get_logger("pmemd.firmware")
 
@@ -45,22 +43,19 @@ def firmware_file_path(config: Config) -> Path | None:
 
 
 class FirmwareFile:
-    """The file's directory, held open; `save` rewrites the file when its contents changed."""
+    """The open file (a `StateFile`: it outlives `--depriv`); `save` rewrites it when it changed."""
 
     def __init__(self, path: Path, firmware: Mapping[int, Firmware]) -> None:
         self.path = path
         self.firmware = firmware
-        self.dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._file = StateFile(path)
         self._saved: bytes | None = None
 
     def load(self) -> None:
-        """Restore each DIMM's saved firmware (absent file: nothing). Errors: `StateFormatError`."""
-        try:
-            fd = os.open(self.path.name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
-        except FileNotFoundError:
+        """Restore each DIMM's saved firmware (a new, empty file: nothing). Errors: `StateFormatError`."""
+        blob = self._file.read()
+        if not blob:
             return
-        with os.fdopen(fd, "rb") as f:
-            blob = f.read()
         saved = parse_firmware_file(blob)
         for slot, firmware in self.firmware.items():
             if slot in saved:
@@ -74,11 +69,11 @@ class FirmwareFile:
         """Durably replace the file if any DIMM's saved firmware changed since the last save."""
         blob = firmware_file_bytes(self.firmware)
         if blob != self._saved:
-            replace_in(self.dir_fd, self.path.name, blob)
+            self._file.write(blob)
             self._saved = blob
 
     def close(self) -> None:
-        os.close(self.dir_fd)
+        self._file.close()
 
 
 def _changes_firmware(call: Call, dimm_handles: frozenset[int]) -> bool:

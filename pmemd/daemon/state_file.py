@@ -1,5 +1,7 @@
 """The guest state file: media and health state kept beside the DIMMs across daemon restarts.
 
+`StateFile` itself holds any small file the daemon rewrites whole (the firmware file uses it too).
+
 Opened while the daemon may still open it (before `--depriv`): `StateFile` holds the
 directory and the file for the daemon's life and never names a path again, so a chroot or
 a lost uid does not stop saves. A save is atomic (`atomic.replace_in`) where the daemon may
@@ -62,7 +64,15 @@ class StateFile:
 
     def save(self, root: Root, dimms: Sequence[Dimm], *, running: bool) -> None:
         """Write the state with its clean-stop marker, durable on return."""
-        blob = state_file_bytes(root, dimms, running=running)
+        self.write(state_file_bytes(root, dimms, running=running))
+
+    def read(self) -> bytes:
+        """The file's contents (empty when it was just created)."""
+        size = os.fstat(self.fd).st_size
+        return os.pread(self.fd, size, 0) if size else b""
+
+    def write(self, blob: bytes) -> None:
+        """Replace the contents with `blob`, durable on return (atomic where the directory allows)."""
         try:
             self._replace(blob)
         except PermissionError:  # an unprivileged uid in a directory it cannot write
