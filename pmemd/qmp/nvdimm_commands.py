@@ -9,6 +9,8 @@
     pmemd-start-scrub   {slot? | address, length}     start an ARS scrub (as root fn 2 would)
     pmemd-query-scrub                                 the last scrub: range, state, records
     pmemd-query-labels  {slot?}                       label area size and index usage (slots in use)
+    pmemd-query-firmware {slot?}                      Intel DIMMs' firmware: running/staged version,
+                                                      activation arming and result, update in flight
 Temperatures are °C. Changes the guest must hear about queue its ACPI Notify 0x81 as the
 `_DSM` handlers do (health: when the DIMM needs attention, nfit_test's rule; poison: with
 `notify`), which the server reports as PMEMD_HEALTH_CHANGED / PMEMD_MEDIA_ERRORS events.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pmemd.dsm.firmware import RESULT_NONE, RESULT_NOT_STAGED, RESULT_SUCCESS
 from pmemd.dsm.health import (
     ALARM_CTRL_TEMPERATURE,
     ALARM_MEDIA_TEMPERATURE,
@@ -258,4 +261,30 @@ def query_labels(ctl: GuestControl, slot: int | None = None) -> list[dict[str, A
         except OSError as e:
             raise QmpError(f"cannot read slot {s}'s label area: {e.strerror or e}") from None
         out.append({"slot": s, "label-area-size": store.size, "index": index})
+    return out
+
+
+FIRMWARE_RESULTS = {RESULT_NONE: "none", RESULT_NOT_STAGED: "not-staged", RESULT_SUCCESS: "success"}
+
+
+@command("pmemd-query-firmware", Param("slot", "int", required=False, hi=255))
+def query_firmware(ctl: GuestControl, slot: int | None = None) -> list[dict[str, Any]]:
+    """Each Intel-family DIMM's firmware (or one slot's, which must be an Intel DIMM)."""
+    slots = _slots(ctl, slot)
+    if slot is not None and ctl.dimm(slot).config.family != "intel":
+        raise QmpError(f"NVDIMM slot {slot} is not an Intel-family DIMM: it has no firmware functions")
+    out = []
+    for s in slots:
+        dimm = ctl.dimm(s)
+        if dimm.config.family != "intel":
+            continue
+        fw = dimm.firmware
+        out.append({
+            "slot": s,
+            "running-version": f"{fw.running_version:#x}",
+            "staged-version": f"{fw.staged_version:#x}" if fw.staged_version else None,
+            "armed": fw.armed,
+            "last-activation": FIRMWARE_RESULTS[fw.result],
+            "update": fw.phase.value,
+        })
     return out

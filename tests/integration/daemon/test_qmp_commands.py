@@ -14,6 +14,7 @@ from qemu.qmp import ExecuteError
 from pmemd import config as configmod
 from pmemd.daemon.guest import RunOptions
 from pmemd.daemon.serve import serve_guest
+from pmemd.dsm.firmware_image import build_image
 from pmemd.qmp.registry import COMMANDS
 from pmemd.sim.guest_driver import Guest as GuestDriver
 from tests.harness.qmp_harness import MiB, connect, write_guest_config
@@ -228,6 +229,22 @@ async def test_an_unformatted_or_corrupt_label_area_reads_as_no_valid_index(gues
     store.write(0, bytes(blocks))
     (corrupt,) = await qmp.execute("pmemd-query-labels", {"slot": 1})
     assert corrupt["index"]["valid"] is False and "checksum" in corrupt["index"]["reason"]
+
+
+async def test_query_firmware_reports_what_the_guest_staged_and_armed(guest, qmp):
+    fw = guest.handlers.dimms[1].firmware
+    _, context = fw.start()
+    image = build_image(0x200000001, b"fw")
+    assert fw.send(context, 0, image) == 0 and fw.finish(context, 0) == 0 and fw.query(context) == (0, 0x200000001)
+    fw.set_armed(True)
+    reports = await qmp.execute("pmemd-query-firmware")
+    assert reports == [
+        {"slot": 0, "running-version": "0x100000000", "staged-version": None, "armed": False,
+         "last-activation": "none", "update": "idle"},
+        {"slot": 1, "running-version": "0x100000000", "staged-version": "0x200000001", "armed": True,
+         "last-activation": "none", "update": "idle"},
+    ]
+    assert (await refused(qmp, "pmemd-query-firmware", {"slot": 7})).error_class == "DeviceNotFound"
 
 
 async def test_a_daemon_started_paused_reads_prelaunch_and_serves_the_guest_only_after_cont(sim, guest_config, nursery):
