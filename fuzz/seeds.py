@@ -9,9 +9,11 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from acpi.dsm_buffer import INTEL_BUS_HANDLE
 from fuzz.guest import CONFIG, fresh
 from fuzz.targets.qmp import control_for, run_sync
 from pmemd.daemon import savefile
+from pmemd.dsm.firmware_image import build_image
 from pmemd.dsm.page import encode_request
 from pmemd.ioreq import abi
 from pmemd.qmp.early import version_info
@@ -29,7 +31,7 @@ u32, u64 = (lambda v: struct.pack("<I", v)), (lambda v: struct.pack("<Q", v))
 def dsm_calls() -> Iterator[tuple[str, int, int, int, bytes]]:
     d0 = CONFIG.nvdimms[0]
     spa = d0.address
-    for handle in (0, 1, 2, 3, 0xFFFF):
+    for handle in (0, 1, 2, 3, 0xFFFF, INTEL_BUS_HANDLE):
         for revision in (1, 2):
             yield "mask", handle, revision, 0, b""
     for slot in (1, 2, 3):
@@ -49,15 +51,30 @@ def dsm_calls() -> Iterator[tuple[str, int, int, int, bytes]]:
     yield "inject", 0, 1, 7, u64(spa) + u64(4096) + b"\1" + bytes(7)
     yield "inject-clear", 0, 1, 8, u64(spa) + u64(4096)
     yield "inject-status", 0, 1, 9, b""
+    yield "msft-health", 2, 1, 11, b""
+    image = build_image(0x2_0000_0001, b"seed firmware")
+    yield "fw-info", 1, 2, 12, b""
+    yield "fw-start", 1, 2, 13, b""
+    yield "fw-send", 1, 2, 14, u32(1) + u32(0) + u32(len(image)) + image
+    yield "fw-finish", 1, 2, 15, bytes(4) + u32(1)
+    yield "fw-query", 1, 2, 16, u32(1)
+    yield "fwa-info", 1, 2, 29, b""
+    yield "fwa-arm", 1, 2, 30, b"\1"
+    yield "bus-fwa-info", INTEL_BUS_HANDLE, 1, 1, b""
+    yield "bus-fwa-activate", INTEL_BUS_HANDLE, 1, 2, b"\1"
 
 
 def dsm_seeds() -> Seeds:
     calls = list(dsm_calls())
     for name, handle, revision, function, data in calls:
         yield f"{name}-h{handle}-r{revision}", encode_request(handle, revision, function, data)[:64 + len(data)]
-    yield "inject-then-status", encode_request(0, 1, 7, calls[-3][4]) + encode_request(0, 1, 9)[:32]
+    inject = next(data for name, _, _, _, data in calls if name == "inject")
+    yield "inject-then-status", encode_request(0, 1, 7, inject) + encode_request(0, 1, 9)[:32]
     yield "write-then-read", encode_request(1, 1, 6, u32(0) + u32(8) + b"labels!!") + encode_request(1, 1, 5, u32(0) + u32(8))[:32]
     yield "input-length-too-big", encode_request(1, 1, 5, b"", input_length=0xFFFF_FFFF)[:32]
+    update = {name: (h, r, f, d) for name, h, r, f, d in calls if name in ("fw-start", "fw-send", "fw-finish", "fw-query")}
+    yield "firmware-update", b"".join(encode_request(*update[n]) for n in ("fw-start", "fw-send", "fw-finish")) + \
+        encode_request(*update["fw-query"])[:64]
 
 
 def slot(type_: int, addr: int, data: int, *, size: int = 4, count: int = 1, read: bool = False,
@@ -159,6 +176,7 @@ def config_seeds() -> Seeds:
     yield "minimal", base
     yield "host", base + b'[host]\nspa_base = 0x1000000000\ndata = [0x1000000000, 0x2000000000]\nreserved = [0x1000000000, 0x1000200000]\n'
     yield "qemu-transport", base + b'[dsm]\ntransport = "qemu"\ndoorbell = "/run/db.sock"\nram = "/run/ram"\n'
+    yield "memdev-flags", base + b'flags = ["save-fail", "not-armed", "map-failed"]\n'
     yield "finding-4-family-list", base + b"family = []\n"
     yield "finding-4-family-table", base + b"family = {}\n"
 
