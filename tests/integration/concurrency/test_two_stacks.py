@@ -136,7 +136,9 @@ async def test_two_stacks_with_different_domids_run_at_once_without_interfering(
         assert bytes.fromhex(r["calls"][1]["out"])[4:] == r["data"]
         assert r["label_area"] == r["data"]
         assert r["saved"] and r["state_file"]
-    assert sorted(p.name for p in (machine / "run").iterdir() if not p.name.endswith(".state")) == []
+        assert (machine / "run" / f"pmemd-{domid}.state.firmware").exists()  # one firmware file per guest
+    kept = (".state", ".state.firmware")  # each guest's state and its DIMMs' firmware outlive the daemon
+    assert sorted(p.name for p in (machine / "run").iterdir() if not p.name.endswith(kept)) == []
 
 
 @pytest.mark.timeout(150)
