@@ -23,6 +23,7 @@ from pmemd.dsm.call import Call
 from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.dispatcher import Phase
 from pmemd.dsm.firmware import Firmware, firmware_file_bytes, parse_firmware_file
+from pmemd.dsm.firmware_functions import FN_ACTIVATE_ARM, FN_FINISH_QUERY, FN_START_UPDATE
 from pmemd.dsm.state_blob import StateFormatError
 
 from .state_file import STATE_SUFFIX, StateFile, state_file_path
@@ -76,8 +77,12 @@ class FirmwareFile:
         self._file.close()
 
 
+SAVED_BY = frozenset({FN_START_UPDATE, FN_FINISH_QUERY, FN_ACTIVATE_ARM})
+"""DIMM functions that change what the file holds: the context counter, the staged version, arming."""
+
+
 def _changes_firmware(call: Call, dimm_handles: frozenset[int]) -> bool:
-    return call.handle == INTEL_BUS_HANDLE or (call.handle in dimm_handles and call.function in (13, 16, 30))
+    return call.handle == INTEL_BUS_HANDLE or (call.handle in dimm_handles and call.function in SAVED_BY)
 
 
 @contextlib.contextmanager
