@@ -82,7 +82,7 @@ class DsmEffects:
         self.events = EventRegister(2 * (1 + len(self.dimms)))
         self.gpes_raised = 0
         self.poison_published = 0
-        self._published: tuple[int, int] | None = None
+        self._published: tuple[object, ...] | None = None
         self.scrub_subscribers: list[Callable[[ScrubCompleted], None]] = []  # besides the log
 
     def after_call(self, call: Call) -> None:
@@ -117,12 +117,15 @@ class DsmEffects:
             self.gpes_raised += 1
 
     def publish_poison(self) -> None:
-        """Tell the hypervisor the poisoned ranges when they changed since last time."""
+        """Tell the hypervisor the poisoned ranges when they changed since last time: media
+        errors, plus the whole range of every DIMM whose media its security refuses (locked,
+        or being overwritten), so the guest's accesses there take a machine check."""
         poison = self.root.media.poison
-        stamp = (id(poison), poison.version)
+        refused = tuple((d.config.address, d.config.pmem_size) for d in self.dimms if d.security.media_refused)
+        stamp = (id(poison), poison.version, refused)
         if self.platform is None or stamp == self._published:
             return
-        self.platform.set_poison(list(poison))
+        self.platform.set_poison([*poison, *refused])
         self._published = stamp
         self.poison_published += 1
 

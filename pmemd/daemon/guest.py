@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pmemd.daemon.dsm_effects import DsmEffects
     from pmemd.daemon.frontends.qemu_doorbell import DoorbellServer
     from pmemd.daemon.frontends.xen_page import DsmPageDevice
+    from pmemd.daemon.security_service import SecurityService
     from pmemd.daemon.tables import Tables
     from pmemd.dsm.build import DsmHandlers
     from pmemd.dsm.label_store import LabelStore
@@ -58,6 +59,7 @@ class Guest:
     labels: Mapping[int, LabelStore] = field(default_factory=dict)
     handlers: DsmHandlers | None = None  # the dispatcher and its devices (dsm-handlers)
     effects: DsmEffects | None = None  # notifies, vMCE poison, saved health (dsm-handlers)
+    security: SecurityService | None = None  # security files and the overwriter (dsm-handlers)
     device: DsmPageDevice | None = None  # the Xen DSM page front end ...
     server: IoreqServer | None = None  # ... and the ioreq server carrying it
     doorbell: DoorbellServer | None = None  # [dsm] transport = "qemu" instead of `device`/`server`

@@ -30,6 +30,7 @@ from pmemd.qmp.server import QmpServer
 
 from .dsm_effects import DsmEffects
 from .savefile import GuestStateFiles
+from .security_service import SecurityService
 
 log = structlog.get_logger("pmemd.qmp")
 
@@ -45,12 +46,14 @@ async def open_qmp(
     on_quit: Callable[[], None],
     early: EarlyQmp | None = None,
     autostart: bool = True,
+    security: SecurityService | None = None,
 ) -> AsyncIterator[QmpServer]:
     """Serve QMP on the config's `[qmp] socket` while the block runs.
 
     `autostart=False` is QEMU's -S: the ioreq server is disabled and the state reads
     `prelaunch` until `cont`. The listener `pmemd run` bound at exec (`early`) is adopted
-    with its clients.
+    with its clients. `security` saves the security files after a QMP reset and restarts an
+    overwrite a loaded device state has in flight.
     """
     root, dimms = handlers.root, dict(handlers.dimms)
     server: QmpServer
@@ -58,7 +61,9 @@ async def open_qmp(
         config, root, dimms, labels, set_serving,
         emit=lambda name, data: server.emit(name, data),
         request_quit=lambda: server.request_quit(),
-        state_files=GuestStateFiles(config, root, dimms.values()),
+        state_files=GuestStateFiles(config, root, dimms.values(),
+                                    after_load=None if security is None else security.wake_all),
+        save_security=None if security is None else security.save,
     )
     watcher = NotifyWatcher(root, dimms, lambda name, data: server.emit(name, data))
 

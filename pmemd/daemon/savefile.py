@@ -22,7 +22,12 @@ Records (each body self-describing where it reuses a DSM blob, `dsm/state_blob.p
     4 ARS      (version 2) the last scrub: its range and type, elapsed and remaining time, and,
                once settled, its result (records and restart point), so ARS status reads
                the same after a resume and a scrub in flight finishes on time.
-Version 1 is the layout without the ARS record (a v1 file resumes with no scrub on record).
+    5 SECURITY (version 3) slot u16, then the SECU blob (`dsm/security.py`: salted digests,
+               never a passphrase) with the DIMM's exact state — locked, frozen, attempt
+               counts, an overwrite in flight — as a live migration must keep it (the
+               per-DIMM security file instead records what a power-on starts from).
+Version 1 is the layout without the ARS record (a v1 file resumes with no scrub on record);
+versions 1 and 2 carry no security record (their DIMMs keep the state they have).
 
 Loading checks the size bound, magic, version, checksum, the record count, every length
 against what remains, and each body's own bounds; everything is parsed and checked before
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,19 +66,24 @@ from pmemd.dsm.health import Health
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.poison import PoisonSet
 from pmemd.dsm.scrub import Scrub, ScrubResult
+from pmemd.dsm.security import Security
 from pmemd.dsm.state_blob import StateFormatError
 
 from .atomic import replace_file
 
 MAGIC = b"PMEMDSAV"
-SAVE_VERSION = 2
+SAVE_VERSION = 3
 MAX_FILE_SIZE = 64 << 20
 """Two full poison sets (2 × 2^18 ranges × 16 bytes) and every DIMM's health fit with room."""
 
-REC_LAYOUT, REC_MEDIA, REC_HEALTH, REC_ARS = 1, 2, 3, 4
-RECORD_TYPES = {1: {REC_LAYOUT, REC_MEDIA, REC_HEALTH}, 2: {REC_LAYOUT, REC_MEDIA, REC_HEALTH, REC_ARS}}
+REC_LAYOUT, REC_MEDIA, REC_HEALTH, REC_ARS, REC_SECURITY = 1, 2, 3, 4, 5
+RECORD_TYPES = {
+    1: {REC_LAYOUT, REC_MEDIA, REC_HEALTH},
+    2: {REC_LAYOUT, REC_MEDIA, REC_HEALTH, REC_ARS},
+    3: {REC_LAYOUT, REC_MEDIA, REC_HEALTH, REC_ARS, REC_SECURITY},
+}
 """The record types each version may hold."""
-MAX_RECORDS = 3 + MAX_SLOTS
+MAX_RECORDS = 3 + 2 * MAX_SLOTS
 MAX_SECONDS = 1e9
 """Bound on saved scrub times: a scrub of 2^64 bytes at 1 GiB/s takes 1.7e10 s, but none is that long."""
 
@@ -93,6 +103,7 @@ LayoutRecord = Struct(
     Terminated,
 )
 HealthRecord = Struct("slot" / Int16ul, "blob" / GreedyBytes)
+SecurityRecord = HealthRecord  # the same framing: slot, then a self-describing blob
 ArsRecord = Struct(
     "seq" / Int32ul,
     "address" / Int64ul,
@@ -125,6 +136,7 @@ class Saved:
     injected: PoisonSet
     health: Mapping[int, Health]
     scrub: Mapping[str, Any] | None
+    security: Mapping[int, Security]
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -135,6 +147,8 @@ def capture(config: Config, root: Root, dimms: Iterable[Dimm]) -> bytes:
     records = [(REC_LAYOUT, _layout(config)), (REC_MEDIA, root.media.to_bytes())]
     for dimm in sorted(dimms, key=lambda d: d.config.slot):
         records.append((REC_HEALTH, HealthRecord.build({"slot": dimm.config.slot, "blob": dimm.health.to_bytes()})))
+        records.append((REC_SECURITY, SecurityRecord.build({"slot": dimm.config.slot,
+                                                             "blob": dimm.security.to_bytes()})))
     ars = _ars_record(root.media)
     if ars is not None:
         records.append((REC_ARS, ars))
@@ -237,10 +251,11 @@ def _contents(version: int, records: list[Any], config: Config, max_ranges: int 
         media = MediaErrors.create() if max_ranges is None else MediaErrors.create(max_ranges=max_ranges)
         media.restore(found[REC_MEDIA][0])
         health = _health(found.get(REC_HEALTH, []), config)
+        security = _security(found.get(REC_SECURITY, []), config)
         scrub = _scrub(found[REC_ARS][0], config, max_records or media.ars.max_records) if REC_ARS in found else None
     except (StateFormatError, ConstructError) as e:
         raise SaveFileError(f"save file is corrupt: {e}") from None
-    return Saved(version, domid, media.poison, media.injected, health, scrub)
+    return Saved(version, domid, media.poison, media.injected, health, scrub, security)
 
 
 def _check_layout(body: bytes, config: Config) -> int:
@@ -264,6 +279,17 @@ def _health(bodies: list[bytes], config: Config) -> dict[int, Health]:
             raise SaveFileError(f"save file holds health for slot {record.slot} twice or for no configured DIMM")
         health[record.slot] = Health.from_bytes(record.blob)
     return health
+
+
+def _security(bodies: list[bytes], config: Config) -> dict[int, Security]:
+    slots = {d.slot for d in config.nvdimms}
+    security: dict[int, Security] = {}
+    for body in bodies:
+        record = SecurityRecord.parse(body)
+        if record.slot not in slots or record.slot in security:
+            raise SaveFileError(f"save file holds security for slot {record.slot} twice or for no configured DIMM")
+        security[record.slot] = Security.from_bytes(record.blob)
+    return security
 
 
 def _scrub(body: bytes, config: Config, max_records: int) -> dict[str, Any]:
@@ -297,6 +323,8 @@ def restore(data: bytes, config: Config, root: Root, dimms: Iterable[Dimm]) -> S
     for dimm in dimms:
         if dimm.config.slot in saved.health:
             dimm.health = saved.health[dimm.config.slot]
+        if dimm.config.slot in saved.security:
+            dimm.security = saved.security[dimm.config.slot]
     media.ars.current = None if saved.scrub is None else _rebuild_scrub(saved.scrub, media.now())
     if media.ars.current is not None:
         # ArsState numbers scrubs; continue after the saved one so sequence numbers stay unique.
@@ -331,12 +359,16 @@ def _rebuild_scrub(s: Mapping[str, Any], now: float) -> Scrub:
 class GuestStateFiles:
     """One guest's devices as QMP's save/load commands reach them (`qmp.control.DeviceStateFiles`)."""
 
-    def __init__(self, config: Config, root: Root, dimms: Iterable[Dimm]) -> None:
+    def __init__(self, config: Config, root: Root, dimms: Iterable[Dimm],
+                 after_load: Callable[[], None] | None = None) -> None:
         self.config, self.root, self.dimms = config, root, list(dimms)
+        self.after_load = after_load  # e.g. restart an overwrite the file says is in flight
 
     def save(self, path: Path) -> int:
         return save(path, self.config, self.root, self.dimms)
 
     def load(self, path: Path) -> tuple[int, int]:
         saved = load(path, self.config, self.root, self.dimms)
+        if self.after_load is not None:
+            self.after_load()
         return saved.version, saved.domid

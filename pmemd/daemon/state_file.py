@@ -1,17 +1,15 @@
 """The guest state file: media and health state kept beside the DIMMs across daemon restarts.
 
-`StateFile` itself holds any small file the daemon rewrites whole (the firmware file uses it too).
+`StateFile` is an `atomic.HeldFile`, the holder of every small file the daemon rewrites whole
+(the firmware file uses it too; the security files use `HeldFile` directly).
 
 Opened while the daemon may still open it (before `--depriv`): `StateFile` holds the
-directory and the file for the daemon's life and never names a path again, so a chroot or
-a lost uid does not stop saves. A save is atomic (`atomic.replace_in`) where the daemon may
-still create files in the directory, else in place through the file's own descriptor.
-The format is `pmemd.dsm.guest_state`'s.
+directory and the file for the daemon's life (`atomic.HeldFile`), so a chroot or a lost uid
+does not stop saves. The format is `pmemd.dsm.guest_state`'s.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from pmemd.config import Config
 from pmemd.dsm.devices import Dimm, Root
 from pmemd.dsm.guest_state import SavedRun, restore_state_file, state_file_bytes
 
-from .atomic import replace_in, write_all
+from .atomic import HeldFile
 
 STATE_SUFFIX = ".pmemd-state"
 
@@ -50,46 +48,9 @@ def load_state_file(path: Path, root: Root, dimms: Iterable[Dimm]) -> SavedRun |
     return restore_state_file(blob, root, dimms)
 
 
-class StateFile:
+class StateFile(HeldFile):
     """The open state file; resources: two descriptors, closed by `close`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            self.fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
-        except BaseException:
-            os.close(self.dir_fd)
-            raise
 
     def save(self, root: Root, dimms: Sequence[Dimm], *, running: bool) -> None:
         """Write the state with its clean-stop marker, durable on return."""
         self.write(state_file_bytes(root, dimms, running=running))
-
-    def read(self) -> bytes:
-        """The file's contents (empty when it was just created)."""
-        size = os.fstat(self.fd).st_size
-        return os.pread(self.fd, size, 0) if size else b""
-
-    def write(self, blob: bytes) -> None:
-        """Replace the contents with `blob`, durable on return (atomic where the directory allows)."""
-        try:
-            self._replace(blob)
-        except PermissionError:  # an unprivileged uid in a directory it cannot write
-            self._overwrite(blob)
-
-    def _replace(self, blob: bytes) -> None:
-        replace_in(self.dir_fd, self.path.name, blob)
-        fresh = os.open(self.path.name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self.dir_fd)  # the new inode
-        os.close(self.fd)
-        self.fd = fresh
-
-    def _overwrite(self, blob: bytes) -> None:
-        """In place through the held descriptor: the blob, then the length, then fsync."""
-        write_all(self.fd, blob, 0)
-        os.ftruncate(self.fd, len(blob))
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-        os.close(self.dir_fd)

@@ -18,6 +18,7 @@ import trio
 
 from acpi.dsm_buffer import PAGE_SIZE
 from pmemd.dsm.build import build_dispatcher
+from pmemd.dsm.dispatcher import Phase
 from pmemd.dsm.media import MediaErrors
 from pmemd.ioreq.server import IoreqServer
 from pmemd.xen.backends import connect_hypervisor
@@ -29,6 +30,8 @@ from .frontends.qemu_doorbell import DoorbellServer, GuestRamPage
 from .frontends.xen_page import DsmPageDevice
 from .guest import Guest, Step
 from .label_file import open_label_stores
+from .pmem_file import open_pmem_stores
+from .security_service import SecurityService, open_security_files
 
 log = structlog.get_logger("pmemd.daemon")
 
@@ -125,16 +128,28 @@ async def lock_backing(guest: Guest) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def open_dsm_handlers(guest: Guest) -> AsyncIterator[None]:
-    """Label stores (one file each, held open), the dispatcher over them, and its side
+    """Label and PMEM stores (files held open), the dispatcher over them, and its side
     effects: saved health and poison restored, the ARS scrubber, notifies (`dsm_effects`),
-    the DIMMs' firmware state (`firmware_file`)."""
+    the DIMMs' firmware state (`firmware_file`); each DIMM's security state powered on from
+    its file, and the overwriter (`security_service`) — loaded before the effects publish
+    poison, so a locked DIMM's range is refused from the start."""
     with contextlib.ExitStack() as stack:
         guest.labels = open_label_stores(guest.config, stack)
+        pmem = open_pmem_stores(guest.config, stack)
         media = MediaErrors.create(rate=guest.config.dsm.scrub_rate, now=trio.current_time)
-        guest.handlers = build_dispatcher(guest.config, guest.labels, media=media)
+        guest.handlers = build_dispatcher(guest.config, guest.labels, media=media, pmem=pmem)
+        files = stack.enter_context(open_security_files(guest.config, guest.handlers.dimms))
+        guest.security = security = SecurityService(guest.handlers.dimms, guest.labels, files)
         async with open_media_effects(guest.config, guest.handlers, guest.hv) as guest.effects:
             with open_firmware_file(guest.config, guest.handlers):
-                yield
+                security.media_changed.append(guest.effects.publish_poison)
+                with guest.handlers.dispatcher.observing(Phase.EFFECTS, security.after_call):
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(security.run)
+                        try:
+                            yield
+                        finally:
+                            nursery.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -155,6 +170,8 @@ async def device_state(guest: Guest) -> AsyncIterator[None]:
     root, dimms = guest.handlers.root, list(guest.handlers.dimms.values())
     if options.resume is not None:
         savefile.load(options.resume, guest.config, root, dimms)
+        if guest.security is not None:
+            guest.security.wake_all()
         log.info("device state resumed", file=str(options.resume))
     try:
         yield
@@ -259,7 +276,7 @@ async def serve_qmp(guest: Guest) -> AsyncIterator[None]:
 
     async with open_qmp(guest.config, guest.handlers, guest.labels, guest.effects, set_serving,
                         on_quit=guest.nursery.cancel_scope.cancel, early=options.early_qmp,
-                        autostart=not options.paused) as server:
+                        autostart=not options.paused, security=guest.security) as server:
         guest.qmp = server
         try:
             yield

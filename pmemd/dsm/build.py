@@ -20,6 +20,7 @@ from .firmware_functions import intel_bus_functions
 from .health import Health
 from .label_store import LabelStore
 from .media import MediaErrors
+from .pmem_store import PmemStore
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,14 @@ def build_dispatcher(
     *,
     media: MediaErrors | None = None,
     health: Mapping[int, Health] | None = None,
+    pmem: Mapping[int, PmemStore] | None = None,
 ) -> DsmHandlers:
     """A dispatcher for `config`'s root and DIMMs; `labels` maps slot → label store.
 
     A DIMM missing from `labels` has no label area: functions 4-6 are neither advertised
     nor served for it. `media` (poison, scrub clock and rate) and `health` (slot → saved
-    health) carry state restored from a previous run; absent, they start fresh.
+    health) carry state restored from a previous run; absent, they start fresh. `pmem` maps
+    slot → PMEM store: security erases (fns 24, 25, 28) are offered only for those DIMMs.
     """
     root_table = nfit_root_functions()
     dimm_table = intel_dimm_functions()
@@ -51,7 +54,7 @@ def build_dispatcher(
     targets: dict[int, Target[Any]] = {ROOT_HANDLE: Target(root_table, root)}
     dimms: dict[int, Dimm] = {}
     for nvdimm in config.nvdimms:
-        dimm = Dimm(nvdimm, labels.get(nvdimm.slot))
+        dimm = Dimm(nvdimm, labels.get(nvdimm.slot), pmem=(pmem or {}).get(nvdimm.slot))
         if health is not None and nvdimm.slot in health:
             dimm.health = health[nvdimm.slot]
         table = dimm_table if nvdimm.family == "intel" else other_tables[nvdimm.family]

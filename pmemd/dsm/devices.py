@@ -16,9 +16,10 @@ from .health import Health
 from .label_store import LabelStore
 from .media import MediaErrors
 from .notify import NotifyQueue
+from .pmem_store import PmemStore
+from .security import Security
 
 slot_to_handle = nfit_handle  # one definition, shared with the NFIT and SSDT builders
-
 
 
 @dataclass
@@ -41,6 +42,9 @@ class Dimm:
     pending_notifies: NotifyQueue = field(default_factory=NotifyQueue)
     """Notify values (0x81: health changed) for the transport to raise on this DIMM and drain."""
     firmware: Firmware = field(default_factory=Firmware)  # Intel fns 12-16, 29, 30
+    security: Security = field(default_factory=Security)
+    pmem: PmemStore | None = None
+    """Where security erases write; None: erasing functions are not offered."""
 
 
 @dataclass

@@ -4,7 +4,8 @@
     error injection 7-9 (`inject`).
   Intel DIMM family (functions 1-10 revision 1, 11+ revision 2): labels 4-6; SMART
     1, 2, 10 at revision 1 and 17, 18 at revision 2 (`smart`); firmware update 12-16 and
-    activation 29, 30 at revision 2 (`firmware_functions`).
+    activation 29, 30 at revision 2 (`firmware_functions`); security 19-28 at
+    revision 2 (`security_functions`).
   Intel bus family (the root's second `_DSM` UUID, handle `INTEL_BUS_HANDLE`): firmware
     activation 1, 2 (`firmware_functions.intel_bus_functions`).
   Any other DIMM family: its health function(s) from the shared health model
@@ -26,6 +27,7 @@ from .firmware_functions import register_firmware_functions
 from .functions import FunctionTable
 from .inject import register_inject_functions
 from .labels import register_label_functions
+from .security_functions import register_security_functions
 from .smart import register_smart_functions
 from .translate import register_translate_function
 
@@ -45,6 +47,7 @@ def intel_dimm_functions() -> FunctionTable[Dimm]:
     register_label_functions(table)
     register_smart_functions(table)
     register_firmware_functions(table)
+    register_security_functions(table)
     return table
 
 

@@ -7,7 +7,10 @@ Layouts per Linux `nfit.h` / QEMU `nvdimm.c` (reference: linux-nfit.md §4, qemu
   fn 6  input: offset u32, length u32, data[length]  output: none
 
 A bad range fails the whole call with status 3 and moves no bytes; there are no partial
-transfers, because Linux treats a short read as a failed DIMM probe.
+transfers, because Linux treats a short read as a failed DIMM probe. While the DIMM's media
+is refused (locked by its passphrase, or being overwritten: `security.py`) fn 4 answers
+extended status 0x10000, which Linux reads as "DIMM capacity locked" (-EACCES): it marks the
+DIMM locked and probes no namespace on it; the labels themselves stay readable.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ SetLabelDataInput = Struct(
 )
 
 U32_LIMIT = 1 << 32
+CAPACITY_LOCKED = 0x10000
+"""Fn 4's extended status bit 0 (Linux `ND_CONFIG_LOCKED`)."""
 
 
 def check_range(offset: int, length: int, area_size: int) -> None:
@@ -61,6 +66,8 @@ def check_range(offset: int, length: int, area_size: int) -> None:
 def get_label_size(call: Call, dimm: Dimm) -> Reply:
     """Fn 4: the label area size and the largest transfer a fn 5 or fn 6 call may ask for."""
     parse_input(GetLabelSizeInput, call.input)
+    if dimm.security.media_refused:
+        return Reply(CAPACITY_LOCKED)
     size = _store(dimm).size
     return Reply.success(GetLabelSizeOutput.build({"size": size, "max_transfer": MAX_LABEL_TRANSFER}))
 

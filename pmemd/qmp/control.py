@@ -57,6 +57,7 @@ class GuestControl:
     request_quit: Callable[[], None]  # end the daemon as SIGTERM would, after the reply is sent
     state_files: DeviceStateFiles
     runstate: RunState = RunState.RUNNING
+    save_security: Callable[[int], None] | None = None  # rewrite a slot's security file (after a reset)
 
     def dimm(self, slot: int) -> Dimm:
         """The DIMM in `slot`. Errors: DeviceNotFound."""

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 import trio
 
-from . import nvdimm_commands, vm_commands  # noqa: F401  (register the commands)
+from . import nvdimm_commands, security_commands, vm_commands  # noqa: F401  (register the commands)
 from .control import GuestControl
 from .early import EarlyQmp, SocketInUse, listen, unlink_if_ours, version_info
 from .errors import QmpError

@@ -157,7 +157,7 @@ UNTRAPPED_CALLS: dict[str, tuple[dict[str, Any], str]] = {
 
 MASK_CALLS: dict[str, tuple[dict[str, Any], set[int]]] = {
     "DIMM function 0 at revision 2": ({"dimm": 0, "function": 0, "revision": 2},
-                                      {0, 12, 13, 14, 15, 16, 17, 18, 29, 30}),
+                                      {0, 12, 13, 14, 15, 16, 17, 18, *range(19, 29), 29, 30}),
     "Intel bus function 0": ({"dimm": None, "function": 0, "uuid": str(INTEL_BUS_UUID)}, {0, 1, 2}),
     "DIMM function 0 at revision 3": ({"dimm": 0, "function": 0, "revision": 3}, set()),
     "root function 0 at revision 2": ({"dimm": None, "function": 0, "revision": 2}, set()),

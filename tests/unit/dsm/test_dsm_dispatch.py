@@ -28,6 +28,7 @@ LABEL_MASK = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 6  # 0x71, as QEMU
 SMART_MASK = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 10  # SMART, thresholds, latch shutdown status
 SMART_REVISION_2_MASK = 1 << 0 | 1 << 17 | 1 << 18  # set thresholds, inject SMART
 FIRMWARE_MASK = 0b11111 << 12 | 1 << 29 | 1 << 30  # FW update 12-16, FW activate 29/30
+SECURITY_MASK = sum(1 << f for f in (19, 20, 21, 22, 23, 26, 27))  # no PMEM store: no erasing 24, 25, 28
 ROOT_MASK = 1 << 0 | 0b1111 << 1 | 1 << 5 | 0b111 << 7  # ARS 1-4, translate 5, inject 7-9
 
 
@@ -82,7 +83,7 @@ def test_dimm_with_labels_revision_1_mask_lists_label_and_smart_functions() -> N
 
 
 def test_dimm_revision_2_mask_lists_only_revision_2_functions() -> None:
-    assert mask_of(call(labelled_dispatcher(), slot_to_handle(0), 2, 0)) == SMART_REVISION_2_MASK | FIRMWARE_MASK
+    assert mask_of(call(labelled_dispatcher(), slot_to_handle(0), 2, 0)) == SMART_REVISION_2_MASK | FIRMWARE_MASK | SECURITY_MASK
 
 
 def test_dimm_without_label_area_advertises_no_label_functions() -> None:
