@@ -281,7 +281,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(f"pmemd: lab image: {e}", file=sys.stderr)
         return EXIT_BAD_VALUE
     options = LabOptions(Path(args.config), Path(args.script), Path(args.keep) if args.keep else None,
-                         args.timeout, args.stop_daemon_after_calls, append=args.append)
+                         args.timeout, args.stop_daemon_after_calls, append=args.append,
+                         early=Path(args.early) if args.early else None)
     try:
         return run_lab(options, boot)
     except ConfigError as e:
@@ -412,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(or its lib/modules/<release>); omit when the NVDIMM drivers are built in")
     p.add_argument("--append", default="", metavar="ARGS",
                    help="extra kernel command line, e.g. \"nfit.dyndbg=+p\"")
+    p.add_argument("--early", metavar="SCRIPT",
+                   help="shell script run in the guest before the NVDIMM modules load (e.g. keyctl: DIMM keys)")
     p.add_argument("script", help="shell script run in the guest; its exit status is the command's")
     p.set_defaults(func=cmd_lab)
 

@@ -8,11 +8,15 @@ Everything comes from Debian packages on the host, cached under `cache_dir()`
   package lacks. `vmlinux` is the xz payload of `vmlinuz`, decompressed with `lzma`, so
   QEMU boots it through PVH (about twice as fast as the compressed image);
 * initramfs (newc cpio, written here): `/bin/busybox` (busybox-static), the modules in
-  `MODULES` and their dependencies, `ndctl` with the shared libraries `ldd` lists, and
-  `/init`, which loads the modules, runs the script QEMU passes as fw_cfg `opt/pmemd/script`
-  and prints `pmemd-lab: exit <status>` before powering off.
+  `MODULES` and their dependencies, `ndctl` and `keyctl` (keyutils: kernel keys for DIMM
+  security) with the shared libraries `ldd` lists, and `/init`, which loads `qemu_fw_cfg`,
+  runs the early script QEMU passes as fw_cfg `opt/pmemd/early` if any (before the NVDIMM
+  modules: e.g. loading the DIMM keys the kernel unlocks with at probe, as ndctl's
+  modprobe hook `ndctl load-keys` does; with the NVDIMM drivers built into a developer's
+  kernel it runs after they probed), loads the other modules, runs the script passed as
+  `opt/pmemd/script` and prints `pmemd-lab: exit <status>` before powering off.
 
-The initramfs's cache key hashes the kernel version, the host's busybox and ndctl
+The initramfs's cache key hashes the kernel version, the host's busybox, ndctl and keyctl
 binaries and `INIT`, so an upgraded package or an edited init rebuilds it. Runs sharing the
 cache take turns building and publish each entry atomically (`pmemd.lab.cache`).
 
@@ -44,8 +48,10 @@ log = structlog.get_logger("pmemd.lab")
 KERNEL_META = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")
 NDCTL = Path("/usr/bin/ndctl")
+KEYCTL = Path("/usr/bin/keyctl")
 MODULES = ("qemu_fw_cfg", "nfit", "libnvdimm", "nd_pmem", "nd_btt", "nd_e820", "dax_pmem", "device_dax", "kmem")
 SCRIPT_FW_CFG = "opt/pmemd/script"
+EARLY_FW_CFG = "opt/pmemd/early"
 EXIT_MARKER = "pmemd-lab: exit "
 XZ_MAGIC = b"\xfd7zXZ\x00"
 
@@ -57,7 +63,10 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-for m in {" ".join(m for m in MODULES if m not in ("libnvdimm", "kmem"))}; do
+modprobe qemu_fw_cfg 2>/dev/null || [ -d /sys/module/qemu_fw_cfg ] || echo "pmemd-lab: modprobe qemu_fw_cfg failed"
+early=/sys/firmware/qemu_fw_cfg/by_name/{EARLY_FW_CFG}/raw
+if [ -r $early ]; then cp $early /tmp/early; sh /tmp/early || echo "pmemd-lab: early script failed"; fi
+for m in {" ".join(m for m in MODULES if m not in ("qemu_fw_cfg", "libnvdimm", "kmem"))}; do
     modprobe $m 2>/dev/null || [ -d /sys/module/$m ] || echo "pmemd-lab: modprobe $m failed"
 done
 script=/sys/firmware/qemu_fw_cfg/by_name/{SCRIPT_FW_CFG}/raw
@@ -181,7 +190,7 @@ def _initramfs(cache: Path, moddir: Path | None, version: str) -> Path:
     key.update(version.encode() + INIT.encode() + str(moddir).encode())
     if moddir is not None:
         key.update((moddir / "modules.dep").read_bytes())
-    for host in (BUSYBOX, NDCTL):
+    for host in (BUSYBOX, NDCTL, KEYCTL):
         key.update(host.read_bytes())
     out = cache / f"initramfs-{version}-{key.hexdigest()[:16]}.cpio"
     if out.exists():
@@ -207,9 +216,12 @@ def _initramfs_files(moddir: Path | None, version: str) -> dict[str, bytes | str
         dep_lines = [line for line in (moddir / "modules.dep").read_text().splitlines()
                      if line.partition(":")[0] in closure]
         files[f"lib/modules/{version}/modules.dep"] = ("\n".join(dep_lines) + "\n").encode()
-    files["usr/bin/ndctl"] = NDCTL.read_bytes()
-    for lib in _shared_libraries(NDCTL):
-        files[lib.lstrip("/")] = Path(lib).resolve().read_bytes()
+    for binary in (NDCTL, KEYCTL):
+        if not binary.exists():
+            raise ImageError(f"{binary} is not installed (Debian packages ndctl, keyutils)")
+        files[str(binary).lstrip("/")] = binary.read_bytes()
+        for lib in _shared_libraries(binary):
+            files[lib.lstrip("/")] = Path(lib).resolve().read_bytes()
     files["etc/ndctl.conf.d/.keep"] = b""
     return files
 
@@ -260,7 +272,7 @@ def _write_cpio(f: BinaryIO, files: dict[str, bytes | str]) -> None:
         if isinstance(data, str):
             _cpio_entry(f, path, 0o120777, data.encode(), ino)
         else:
-            executable = path in ("init", "bin/busybox", "usr/bin/ndctl") or ".so" in path
+            executable = path in ("init", "bin/busybox", "usr/bin/ndctl", "usr/bin/keyctl") or ".so" in path
             _cpio_entry(f, path, 0o100755 if executable else 0o100644, data, ino)
         ino += 1
     _cpio_entry(f, "TRAILER!!!", 0, b"", 0)

@@ -35,7 +35,7 @@ from pmemd.config import Config, ConfigError, from_mapping
 from pmemd.daemon.guest import Guest
 from pmemd.daemon.serve import serve_guest
 from pmemd.daemon.tables import build_tables
-from pmemd.lab.image import EXIT_MARKER, SCRIPT_FW_CFG, BootFiles
+from pmemd.lab.image import EARLY_FW_CFG, EXIT_MARKER, SCRIPT_FW_CFG, BootFiles
 from pmemd.process import logs
 
 QEMU = "qemu-system-x86_64"
@@ -55,6 +55,7 @@ class LabOptions:
     stop_daemon_after_calls: int | None = None  # fault drill: stop serving after N calls
     console: TextIO = sys.stdout
     append: str = ""  # extra kernel command line (e.g. "nfit.dyndbg=+p")
+    early: Path | None = None  # run before the NVDIMM modules load (e.g. loading DIMM keys)
 
 
 def lab_config(path: Path, workdir: Path, ram: Path) -> Config:
@@ -81,9 +82,10 @@ def lab_config(path: Path, workdir: Path, ram: Path) -> Config:
     return cfg
 
 
-def qemu_command(cfg: Config, boot: BootFiles, workdir: Path, script: Path, append: str = "") -> list[str]:
+def qemu_command(cfg: Config, boot: BootFiles, workdir: Path, script: Path, append: str = "",
+                 early: Path | None = None) -> list[str]:
     """QEMU TCG with our tables, the backing files as pc-dimms and the doorbell; `append` is
-    added to the kernel command line."""
+    added to the kernel command line; `early` is passed as fw_cfg `opt/pmemd/early`."""
     ram = cfg.guest.lowmem
     ends = [d.end for d in cfg.nvdimms] or [DEVICE_MEMORY_BASE]
     window = -(-(max(ends) - DEVICE_MEMORY_BASE) // GiB) * GiB
@@ -102,6 +104,8 @@ def qemu_command(cfg: Config, boot: BootFiles, workdir: Path, script: Path, appe
         ))),
         "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none", "-no-reboot",
     ]
+    if early is not None:
+        cmd += ["-fw_cfg", f"name={EARLY_FW_CFG},file={early}"]
     for d in cfg.nvdimms:
         if d.map_failed:  # the platform "failed to map" it: the NFIT has no SPA range for it either
             continue
@@ -145,7 +149,7 @@ async def _boot(cfg: Config, boot: BootFiles, workdir: Path, options: LabOptions
         guest: Guest = await nursery.start(partial(_serve, cfg, daemon_scope))
         if options.stop_daemon_after_calls is not None:
             nursery.start_soon(_stop_daemon_after, guest, daemon_scope, options.stop_daemon_after_calls)
-        cmd = qemu_command(cfg, boot, workdir, options.script, options.append)
+        cmd = qemu_command(cfg, boot, workdir, options.script, options.append, options.early)
         proc: trio.Process = await nursery.start(partial(
             trio.run_process, cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False))
         with (workdir / "console.log").open("w") as console_log:

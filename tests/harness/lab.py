@@ -1,0 +1,75 @@
+"""Running `pmemd lab` boots from tests: one boot per call, its console, daemon log and summary.
+
+Each boot runs `python -m pmemd.cli lab` in its own process with `--keep`, so a failing
+test leaves the work directory (tables, console, daemon log) to read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Boot:
+    status: int
+    console: str
+    daemon_log: list[dict]
+    summary: dict
+
+    def section(self, name: str) -> str:
+        """The console lines after `=== name` up to the next section or the exit line."""
+        match = re.search(rf"^=== {name}\n(.*?)(?=^=== |^pmemd-lab: exit )", self.console, re.S | re.M)
+        assert match, f"no section {name!r} in the console:\n{self.console}"
+        return match.group(1)
+
+    def json(self, name: str):
+        text = self.section(name)
+        start = min(i for i in (text.find("["), text.find("{")) if i >= 0)
+        return json.JSONDecoder().raw_decode(text, start)[0]  # ndctl may print errors after it
+
+    def events(self, event: str) -> list[dict]:
+        return [r for r in self.daemon_log if r.get("event") == event]
+
+
+def require_qemu() -> None:
+    for tool in ("qemu-system-x86_64", "ndctl", "keyctl", "depmod", "apt-get"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (./dev test installs qemu-system-x86, ndctl, keyutils, kmod)")
+    if not Path("/bin/busybox").exists():
+        pytest.skip("busybox-static is not installed")
+
+
+def lab_boot(request: pytest.FixtureRequest, workdir: Path, config: str, script: str, *,
+             early: str | None = None, timeout: float = 150) -> Boot:
+    """Boot once with `config` (TOML text) and `script` in `workdir`; `early` runs before the NVDIMM modules."""
+    require_qemu()
+    name = request.fixturename
+    (workdir / "lab.toml").write_text(config)
+    (workdir / f"{name}.sh").write_text(script)
+    extra: list[str] = []
+    if early is not None:
+        (workdir / f"{name}-early.sh").write_text(early)
+        extra = ["--early", str(workdir / f"{name}-early.sh")]
+    out = workdir / f"out-{name}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmemd.cli", "lab", "--config", str(workdir / "lab.toml"), "--keep", str(out),
+         "--timeout", str(timeout), *extra, str(workdir / f"{name}.sh")],
+        capture_output=True, text=True, timeout=timeout + 60,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n[lab boot {name}] wall {summary['wall_s']} s, {summary['dsm_calls']} DSM calls, "
+                                f"handler median {summary['latency_median_us']} µs, p95 {summary['latency_p95_us']} µs")
+    log = [json.loads(line) for line in (out / "daemon.log").read_text().splitlines() if line.startswith("{")]
+    return Boot(proc.returncode, (out / "console.log").read_text(), log, summary)
