@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-TARGET_NAMES = ("dsm", "qmp", "xs_wire", "xs_store", "ioreq", "config", "savefile")
+TARGET_NAMES = ("dsm", "qmp", "xs_wire", "xs_store", "ioreq", "config", "savefile", "security")
 
 
 class Finding(AssertionError):
@@ -48,12 +48,29 @@ def load(name: str) -> Target:
 
 def replay(target: Target, data: bytes) -> BaseException | None:
     """Run one input; return the allowed exception it raised (or None). Findings propagate."""
-    with tripwires():
+    with tripwires(), fast_kdf():
         try:
             target.run(data)
         except target.allowed as e:
             return e
     return None
+
+
+FUZZ_SCRYPT_N = 1 << 4
+
+
+@contextlib.contextmanager
+def fast_kdf() -> Iterator[None]:
+    """A cheap scrypt for DIMM passphrases while fuzzing: the security rules do not depend on
+    its cost, and the real one (~0.1 s a call) would read as a hang after a few passphrases."""
+    from pmemd.dsm import security
+
+    saved = security.SCRYPT_N
+    security.SCRYPT_N = FUZZ_SCRYPT_N
+    try:
+        yield
+    finally:
+        security.SCRYPT_N = saved
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import atheris
 
-from fuzz.contract import load, quiet_logs, tripwires
+from fuzz.contract import fast_kdf, load, quiet_logs, tripwires
 
 HANG_SECONDS = 1.0
 CRASHES = Path(__file__).resolve().parent / "crashes"
@@ -52,7 +52,7 @@ def main() -> None:
             record(name, "hang", data, f"{spent:.2f} s of CPU for one input")
 
     atheris.Setup([sys.argv[0], *sys.argv[2:]], one_input)
-    with tripwires():
+    with tripwires(), fast_kdf():
         atheris.Fuzz()
 
 

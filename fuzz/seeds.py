@@ -197,8 +197,27 @@ def savefile_seeds() -> Seeds:
     yield "version-1", savefile.build(1, records)
 
 
+def security_seeds() -> Seeds:
+    """The flows Linux drives, and refusals: (function, payload) records, 0xFF = power-on."""
+    zero, p1, p2, master = bytes(32), b"\x11" * 32, b"\x22" * 32, b"\x44" * 32
+
+    def call(function: int, payload: bytes = b"") -> bytes:
+        return bytes([function - 17, len(payload)]) + payload
+
+    power_on = b"\xff\x00"
+    yield "setup-update-disable", call(20, zero + p1) + call(20, p1 + p2) + call(21, p2) + call(19)
+    yield "power-on-unlock", call(20, zero + p1) + power_on + call(19) + call(22, p2) + call(22, p1) + call(19)
+    yield "freeze", call(20, zero + p1) + call(23) + call(21, p1) + power_on + call(22, p1) + call(21, p1)
+    yield "crypto-erase", call(24, zero) + call(20, zero + p1) + call(24, p1) + call(24, p1)
+    yield "overwrite-query", call(26) + call(25, zero) + call(26) + call(26) + call(26)
+    yield "master", call(27, zero + master) + call(28, zero) + call(28, master) + call(19)
+    yield "attempt-limit", call(20, zero + p1) + power_on + b"".join(call(22, p2) for _ in range(6)) + call(22, p1)
+    yield "bad-lengths", call(20, zero) + call(22, p1 + b"x") + call(19, b"x") + call(23, b"\0") + call(18) + call(29)
+
+
 SEEDS = {"dsm": dsm_seeds, "ioreq": ioreq_seeds, "qmp": qmp_seeds, "xs_wire": xs_wire_seeds,
-         "xs_store": xs_store_seeds, "config": config_seeds, "savefile": savefile_seeds}
+         "xs_store": xs_store_seeds, "config": config_seeds, "savefile": savefile_seeds,
+         "security": security_seeds}
 
 
 def main() -> None:

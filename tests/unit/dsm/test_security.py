@@ -475,3 +475,4 @@ def test_any_call_sequence_answers_defined_statuses(calls: list[tuple[int, bytes
         assert outcome.erase is None or outcome.status == S.SUCCESS
         assert not (sec.locked and not sec.enabled)
         Security.from_bytes(sec.to_bytes())
+
