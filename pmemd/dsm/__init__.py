@@ -18,6 +18,9 @@ the operator's API), `health` + `smart` (Intel fns 1, 2, 10, 17, 18), `family_he
 MSFT 11, Hyper-V 1-2 from the same health model), `notify` (Notify 0x81 queues), `state_blob` +
 `guest_state` (saved state as bytes).
 
+Security: `security` (the pure per-DIMM state machine, `security_step`), `security_functions`
+(Intel fns 19-28), `pmem_store` (where erases write).
+
 Firmware: `firmware_image` (the image format and its verification), `firmware` (the per-DIMM
 update and activation state machine, its saved form), `firmware_functions` (Intel fns 12-16,
 29, 30 and the root's Intel bus family fns 1, 2). File I/O and the scrubber task live in
