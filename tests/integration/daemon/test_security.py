@@ -12,9 +12,13 @@ from pmemd.daemon import savefile
 from pmemd.daemon.security_service import security_file_path
 from pmemd.daemon.serve import serve_guest
 from pmemd.dsm.labels import CAPACITY_LOCKED
+from pmemd.dsm.media import MediaErrors
+from pmemd.dsm.security import Security
 from pmemd.dsm.security import SecurityStatus as S
+from pmemd.dsm.state_blob import StateFormatError
 from pmemd.sim.guest_driver import Guest as GuestDriver
 from tests.harness.qmp_harness import MiB, connect, write_guest_config
+from tests.harness.xs_host import leaf
 
 DOMID = 14
 P1, P2 = b"\x5a" * 32, b"\xa5" * 32
@@ -59,6 +63,14 @@ async def dsm(config, function: int, payload: bytes = b"", *, revision: int = 2,
     return result.status
 
 
+async def guest_read(config, address: int) -> dict:
+    driver = GuestDriver(config, str(config.xen.hypervisor))
+    try:
+        return await trio.to_thread.run_sync(driver.run_line, f'{{"read": {address}, "length": 8}}')
+    finally:
+        driver.close()
+
+
 def poisoned(sim, config, slot: int = 0):
     platform = sim.hv.platforms.find(sim.hv.domains[DOMID])
     nvdimm = config.nvdimms[slot]
@@ -78,6 +90,7 @@ async def test_a_passphrase_survives_a_restart_which_locks_the_dimm_until_unlock
     await start(sim, config, nursery)
     assert await dsm(config, 4, revision=1) == CAPACITY_LOCKED
     assert poisoned(sim, config) is not None
+    assert "machine check" in (await guest_read(config, config.nvdimms[0].address + 0x1000))["error"]
     assert await dsm(config, 22, P2) == S.INVALID_PASSPHRASE
     assert await dsm(config, 22, P1) == S.SUCCESS
     assert await dsm(config, 4, revision=1) == S.SUCCESS
@@ -135,3 +148,28 @@ async def test_the_save_file_carries_the_exact_state_a_power_on_would_lose(sim, 
     assert not dimms[0].security.frozen
     savefile.restore(data, config, guest.handlers.root, dimms)
     assert dimms[0].security.frozen and not dimms[0].security.locked
+
+
+async def test_a_save_file_with_two_security_records_for_one_slot_is_refused(config) -> None:
+    record = savefile.SecurityRecord.build({"slot": 0, "blob": Security().to_bytes()})
+    data = savefile.build(3, [(savefile.REC_LAYOUT, savefile._layout(config)),
+                              (savefile.REC_MEDIA, MediaErrors.create().to_bytes()),
+                              (savefile.REC_SECURITY, record), (savefile.REC_SECURITY, record)])
+    with pytest.raises(savefile.SaveFileError, match="security for slot 0 twice"):
+        savefile.parse(data, config)
+
+
+async def test_a_version_2_save_file_may_not_hold_a_security_record(config) -> None:
+    record = savefile.SecurityRecord.build({"slot": 0, "blob": Security().to_bytes()})
+    data = savefile.build(2, [(savefile.REC_LAYOUT, savefile._layout(config)),
+                              (savefile.REC_MEDIA, MediaErrors.create().to_bytes()), (savefile.REC_SECURITY, record)])
+    with pytest.raises(savefile.SaveFileError, match="unknown type 5"):
+        savefile.parse(data, config)
+
+
+async def test_a_corrupt_security_file_stops_the_start_up(sim, config) -> None:
+    security_file_path(config.nvdimms[0]).write_bytes(b"PMDS garbage")
+    with pytest.raises(BaseExceptionGroup) as excinfo:
+        await serve_guest(config, str(sim.path))
+    error = leaf(excinfo.value)
+    assert isinstance(error, StateFormatError) and "nv0.img.pmemd-security" in str(error)
