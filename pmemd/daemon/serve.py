@@ -24,6 +24,7 @@ from .tables import build_tables
 log = structlog.get_logger("pmemd.daemon")
 
 DOMAIN_POLL_INTERVAL = 1.0  # seconds between existence checks when no xenstore watch is available
+RELEASE_BACKSTOP = 5.0  # seconds between existence checks while the @releaseDomain watch is quiet
 
 
 async def domain_gone(guest: Guest) -> bool:
@@ -44,16 +45,23 @@ async def watch_domain(guest: Guest) -> None:
     """Return when the domain has disappeared.
 
     With a xenstore connection this waits on the `@releaseDomain` watch, which names no
-    domain, and re-checks existence on each event; without one it checks existence every
-    `DOMAIN_POLL_INTERVAL`.
+    domain, and re-checks existence on each event and after `RELEASE_BACKSTOP` without one;
+    without xenstore it checks existence every `DOMAIN_POLL_INTERVAL`.
     """
     if guest.hv is None:  # [dsm] transport = "qemu": no domain to watch, serve until cancelled
         await trio.sleep_forever()
     if guest.xenstore is not None:
         async with guest.xenstore.watching("@releaseDomain") as events:
-            async for _ in events:
-                if await domain_gone(guest):
-                    return
+            while not await domain_gone(guest):
+                # The watch is the fast path; the backstop catches a release that raced the
+                # watch's registration, or one an embedded xenstored is never told of.
+                with trio.move_on_after(RELEASE_BACKSTOP):
+                    try:
+                        await events.receive()
+                    except trio.EndOfChannel:  # the watch is gone: fall back to polling
+                        break
+            else:
+                return
     while not await domain_gone(guest):  # noqa: ASYNC110 - polling the hypervisor is the fallback
         await trio.sleep(DOMAIN_POLL_INTERVAL)
 
