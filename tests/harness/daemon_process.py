@@ -21,34 +21,6 @@ MiB = 1 << 20
 READY_TIMEOUT = 30.0  # generous bound for a loaded 2-core CI machine; never a sleep
 
 
-def write_config(tmp_path: Path, hv_socket: Path, *, domid: int = 9, vcpus: int = 2) -> Path:
-    """A small guest: 64 MiB RAM, one 6 MiB NVDIMM (2 MiB labels), MMIO DSM page."""
-    backing = tmp_path / "nv0.img"
-    with open(backing, "wb") as f:
-        f.truncate(6 * MiB)
-    path = tmp_path / "guest.toml"
-    path.write_text(
-        f"""domid = {domid}
-[guest]
-lowmem = "64M"
-vcpus = {vcpus}
-[dsm]
-mode = "mmio"
-[xen]
-hypervisor = "{hv_socket}"
-xenstore = "embedded"
-[qmp]
-socket = "{tmp_path / 'qmp.sock'}"
-[[nvdimm]]
-backing = "{backing}"
-size = "6M"
-label_size = "2M"
-slot = 0
-node = 0
-address = "auto"
-"""
-    )
-    return path
 
 
 @dataclass

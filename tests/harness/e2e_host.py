@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.harness.config import guest_config, nvdimm, write_toml
 from tests.harness.paths import REPO
 
 PMEMD = [sys.executable, "-m", "pmemd.cli"]
@@ -151,21 +152,11 @@ class Host:
                      nvdimms: Iterable[Mapping[str, Any]] = (), name: str | None = None) -> Path:
         """Write a guest's TOML; each NVDIMM's backing file is created (sparse) beside it."""
         path = self.workdir / f"{name or f'dom{domid}'}.toml"
-        lines = [
-            f"domid = {domid}",
-            "[guest]", 'lowmem = "16M"', f"vcpus = {vcpus}",
-            "[dsm]", f'mode = "{mode}"',
-            "[xen]", f'hypervisor = "{self.socket}"',
-            "[qmp]", f'socket = "{self.workdir / f"dom{domid}.qmp"}"',
-        ]
-        for i, nvdimm in enumerate(nvdimms):
-            backing = self.workdir / f"{path.stem}-nv{i}.img"
-            with open(backing, "wb") as f:
-                f.truncate(int(nvdimm["size"]))
-            lines += ["[[nvdimm]]", f'backing = "{backing}"']
-            lines += [f"{key} = {json.dumps(value)}" for key, value in nvdimm.items()]
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        dimms = [nvdimm(self.workdir / f"{path.stem}-nv{i}.img", d["size"], **{k: v for k, v in d.items() if k != "size"})
+                 for i, d in enumerate(nvdimms)]
+        raw = guest_config(domid, self.socket, lowmem="16M", vcpus=vcpus, mode=mode,
+                           qmp=self.workdir / f"dom{domid}.qmp", nvdimms=dimms)
+        return write_toml(path, raw)
 
     def pmemd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*PMEMD, *args], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)

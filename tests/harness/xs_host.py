@@ -31,6 +31,7 @@ from pmemd.sim.hypervisor import Hypervisor, serve_hypervisor
 from pmemd.toolstack import create_domain_keys, reserve_dm_acpi
 from pmemd.xenstore import XenstoreClient, open_client
 from pmemd.xenstored.server import Store, serve_xenstored
+from tests.harness.config import guest_config, nvdimm
 
 GUEST = 5
 XENSTORE_TOOLS = ("xenstore-read", "xenstore-write", "xenstore-ls", "xenstore-chmod", "xenstore-watch")
@@ -87,16 +88,9 @@ class Host:
         return self.dir / "acpi"
 
     def config(self, *, nvdimms: int = 2, domid: int = GUEST, **xen: Any) -> configmod.Config:
-        raw: dict[str, Any] = {
-            "domid": domid,
-            "guest": {"lowmem": "64M", "vcpus": 1},
-            "xen": {"hypervisor": self.hv_sock, "xenstore": self.xs_sock, **xen},
-            "qmp": {"socket": str(self.dir / "qmp")},
-            "nvdimm": [{"backing": str(self.dir / f"nv{i}.img"), "size": "4M", "slot": i} for i in range(nvdimms)],
-        }
-        for entry in raw["nvdimm"]:
-            with open(entry["backing"], "wb") as f:
-                f.truncate(4 << 20)
+        dimms = [nvdimm(self.dir / f"nv{i}.img", "4M", slot=i) for i in range(nvdimms)]
+        raw = guest_config(domid, self.hv_sock, vcpus=1, xenstore=self.xs_sock, qmp=self.dir / "qmp", nvdimms=dimms)
+        raw["xen"].update(xen)
         return configmod.from_mapping(raw, base_dir=self.dir)
 
     async def client(self, path: str | None = None) -> XenstoreClient:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pmemd.process.lifecycle import SystemdNotifier
-from tests.harness.daemon_process import MiB, run_cli, start_daemon, write_config
+from tests.harness.config import write_config
+from tests.harness.daemon_process import MiB, run_cli, start_daemon
 
 
 @pytest.fixture

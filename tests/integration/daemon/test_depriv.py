@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemon_process import MiB, proc_status, run_cli, start_daemon, write_config
+from tests.harness.config import write_config
+from tests.harness.daemon_process import MiB, proc_status, run_cli, start_daemon
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deprivileging needs the test to run as root")
 

@@ -29,6 +29,7 @@ from pmemd.sim.hv_pmem import PmemRegion
 from pmemd.storage import BackingRefused, FrameRefused, LayoutMoved, LockHeld, record_layout
 from pmemd.storage.testing import fiemap_unsupported, make_fragmented, page_stamp
 from pmemd.xen.errors import HypervisorError
+from tests.harness.config import guest_config, write_toml
 
 P = 4096
 MiB = 1 << 20
@@ -50,16 +51,12 @@ def fs(tmp_path: Path) -> Path:
 def write_config(directory: Path, sim_path: Path, *, domid: int = 1, reserved: tuple[int, int] | None = None,
                  size: int = PAGES * P, host: bool = True) -> Path:
     """A guest with one NVDIMM on `nv.img`, its config file in `directory`."""
-    lines = [f"domid = {domid}", "[guest]", 'lowmem = "16M"', "[xen]", f'hypervisor = "{sim_path}"',
-             "[qmp]", f'socket = "{directory}/qmp-{domid}"']
+    sections = {}
     if host:
-        lines += ["[host]", f"spa_base = {SPA:#x}", f"data = [{DATA[0]:#x}, {DATA[1]:#x}]"]
-        if reserved:
-            lines.append(f"reserved = [{reserved[0]:#x}, {reserved[1]:#x}]")
-    lines += ["[[nvdimm]]", 'backing = "nv.img"', f"size = {size}", 'label_size = "128K"']
-    path = directory / f"guest-{domid}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        sections["host"] = {"spa_base": SPA, "data": list(DATA), **({"reserved": list(reserved)} if reserved else {})}
+    dimm = {"backing": "nv.img", "size": size, "label_size": "128K"}  # the test creates nv.img, beside the config
+    raw = guest_config(domid, sim_path, lowmem="16M", qmp=f"{directory}/qmp-{domid}", nvdimms=[dimm], **sections)
+    return write_toml(directory / f"guest-{domid}.toml", raw)
 
 
 def host_region(sim, backing: Path) -> None:

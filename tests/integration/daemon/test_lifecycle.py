@@ -18,7 +18,8 @@ from pmemd.daemon.guest import Guest
 from pmemd.daemon.serve import serve_guest
 from pmemd.daemon.steps import STEPS
 from pmemd.process.pidfile import is_locked
-from tests.harness.daemon_process import MiB, run_cli, start_daemon, write_config
+from tests.harness.config import write_config
+from tests.harness.daemon_process import MiB, run_cli, start_daemon
 
 DOMID = 9
 

@@ -22,7 +22,8 @@ from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.inject import inject_error
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.root_layouts import ARS_TYPE_PERSISTENT
-from tests.harness.qmp_harness import MiB, connect, write_guest_config
+from tests.harness.config import write_config
+from tests.harness.qmp_harness import MiB, connect
 
 
 class Clock:
@@ -42,7 +43,7 @@ def devices(cfg: configmod.Config, clock: Clock | None = None):
 
 @pytest.fixture
 def cfg(tmp_path) -> configmod.Config:
-    return configmod.load(write_guest_config(tmp_path, tmp_path / "hv.sock", domid=5))
+    return configmod.load(write_config(tmp_path, tmp_path / "hv.sock", domid=5, nvdimms=2))
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_a_record_length_past_the_end_is_refused(cfg):
 
 def test_a_file_for_other_nvdimms_is_refused(tmp_path, state):
     (tmp_path / "other").mkdir()
-    other = configmod.load(write_guest_config(tmp_path / "other", tmp_path / "hv.sock", domid=5, nvdimms=1))
+    other = configmod.load(write_config(tmp_path / "other", tmp_path / "hv.sock", domid=5, nvdimms=1))
     with pytest.raises(SaveFileError, match="written for other NVDIMMs"):
         savefile.parse(state[2], other)
 
@@ -218,7 +219,7 @@ async def answers(qmp, config_path, cfg, hv) -> tuple[list, list]:
 
 async def test_save_quit_restart_and_load_gives_the_same_answer_to_every_query(sim, tmp_path):
     await sim.create_domain(DOMID, vcpus=2, lowmem=64 * MiB, unpause=True)
-    config_path = write_guest_config(tmp_path, sim.path, domid=DOMID)
+    config_path = write_config(tmp_path, sim.path, domid=DOMID, nvdimms=2)
     cfg = configmod.load(config_path)
     saved = tmp_path / "devices.state"
     base = cfg.nvdimms[1].address
@@ -254,7 +255,7 @@ async def test_save_quit_restart_and_load_gives_the_same_answer_to_every_query(s
 
 async def test_loading_a_bad_file_over_qmp_is_a_clear_error_and_keeps_the_state(sim, tmp_path):
     await sim.create_domain(DOMID, vcpus=1, lowmem=64 * MiB, unpause=False)
-    cfg = configmod.load(write_guest_config(tmp_path, sim.path, domid=DOMID))
+    cfg = configmod.load(write_config(tmp_path, sim.path, domid=DOMID, nvdimms=2))
     bad = tmp_path / "future.state"
     bad.write_bytes(with_crc(b"PMEMDSAV" + struct.pack("<HHI", 99, 0, 0)))
     async with trio.open_nursery() as nursery:

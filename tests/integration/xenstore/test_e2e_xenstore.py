@@ -22,6 +22,7 @@ from pmemd.daemon.dmacpi import dm_acpi_path
 from pmemd.daemon.state_key import state_dir, state_key_path, wait_state
 from pmemd.xenstore import open_client
 from tests.harness.acpica import decompile
+from tests.harness.config import guest_config, nvdimm, write_toml
 from tests.harness.xs_host import require_xenstore_tools, tool
 
 DOMID = 9
@@ -59,14 +60,9 @@ async def wait_ready(proc: trio.Process) -> None:
 @pytest.fixture
 async def setup() -> AsyncIterator[Setup]:
     directory = Path(tempfile.mkdtemp(prefix="pe", dir="/tmp"))
-    lines = [f"domid = {DOMID}", "[guest]", 'lowmem = "64M"', "[xen]", f'hypervisor = "{directory}/hv"',
-             f'xenstore = "{directory}/xs"', "[qmp]", f'socket = "{directory}/qmp"']
-    for slot in range(NVDIMMS):
-        (directory / f"nv{slot}.img").write_bytes(b"")
-        with open(directory / f"nv{slot}.img", "r+b") as f:
-            f.truncate(4 << 20)
-        lines += ["[[nvdimm]]", f'backing = "{directory}/nv{slot}.img"', 'size = "4M"', f"slot = {slot}"]
-    (directory / "guest.toml").write_text("\n".join(lines) + "\n")
+    dimms = [nvdimm(directory / f"nv{slot}.img", "4M", slot=slot) for slot in range(NVDIMMS)]
+    write_toml(directory / "guest.toml", guest_config(DOMID, directory / "hv", xenstore=directory / "xs", qmp=directory / "qmp",
+                                               nvdimms=dimms))
     sim = await trio.lowlevel.open_process(
         [*PMEMD, "sim", "--socket", str(directory / "hv"), "--xenstore", str(directory / "xs"),
          "--acpi-out", str(directory / "acpi")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemon_process import MiB, start_daemon, write_config
+from tests.harness.config import write_config
+from tests.harness.daemon_process import MiB, start_daemon
 
 DOMID = 9
 
