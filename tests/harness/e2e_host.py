@@ -12,95 +12,15 @@ never on a sleep; `TIMEOUT` only turns a hang into a failure.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.harness.config import guest_config, nvdimm, write_toml
+from tests.harness.daemon import PMEMD, TIMEOUT, Daemon, LogWatcher, pmemd, start_daemon
 from tests.harness.paths import REPO
-
-PMEMD = [sys.executable, "-m", "pmemd.cli"]
-TIMEOUT = 60.0  # seconds; a process that reports nothing for this long has hung
-
-LogRecord = dict[str, Any]
-
-
-class LogWatcher:
-    """Collects a process's JSON log lines (its stderr) and waits for a matching record."""
-
-    def __init__(self, stream: Any, name: str) -> None:
-        self.records: list[LogRecord] = []
-        self.name = name
-        self._cond = threading.Condition()
-        self._closed = False
-        self._stream = stream
-        self._thread = threading.Thread(target=self._read, args=(stream,), name=f"log-{name}", daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: Any) -> None:
-        for line in stream:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = {"event": line.rstrip("\n"), "raw": True}
-            with self._cond:
-                self.records.append(record if isinstance(record, dict) else {"event": record})
-                self._cond.notify_all()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """After the process exited: read what is left, then close the stream."""
-        self._thread.join(TIMEOUT)
-        self._stream.close()
-
-    def mark(self) -> int:
-        """A position: `wait_for(..., since=mark)` looks only at records logged after it."""
-        with self._cond:
-            return len(self.records)
-
-    def wait_for(self, event: str, *, since: int = 0, **fields: Any) -> LogRecord:
-        """The first record after `since` with this event and these field values."""
-
-        def match() -> LogRecord | None:
-            for record in self.records[since:]:
-                if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
-                    return record
-            return None
-
-        with self._cond:
-            found = self._cond.wait_for(lambda: match() or self._closed, timeout=TIMEOUT)
-            record = match()
-        if record is None:
-            state = "exited" if found else "timed out"
-            tail = "\n".join(json.dumps(r) for r in self.records[-20:])
-            raise AssertionError(f"{self.name} {state} before logging {event!r} {fields}; last records:\n{tail}")
-        return record
-
-    def events(self, since: int = 0) -> list[str]:
-        with self._cond:
-            return [str(r.get("event")) for r in self.records[since:]]
-
-
-@dataclass
-class Daemon:
-    """One `pmemd run` process and its log."""
-
-    proc: subprocess.Popen[str]
-    log: LogWatcher
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        status = self.proc.wait(TIMEOUT)
-        self.log.close()
-        return status
 
 
 @dataclass
@@ -138,7 +58,7 @@ class Host:
 
     def close(self) -> None:
         for daemon in self.daemons:
-            daemon.stop(signal.SIGKILL)
+            daemon.close()
         if self.sim is not None:
             self.sim.terminate()
             self.sim.wait(TIMEOUT)
@@ -158,23 +78,16 @@ class Host:
                            qmp=self.workdir / f"dom{domid}.qmp", nvdimms=dimms)
         return write_toml(path, raw)
 
-    def pmemd(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*PMEMD, *args], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
-
     def domain(self, action: str, config: Path) -> dict[str, Any]:
-        proc = self.pmemd("domain", action, "--config", str(config))
+        proc = pmemd("domain", action, "--config", str(config))
         assert proc.returncode == 0, f"pmemd domain {action} failed: {proc.stderr}"
         return json.loads(proc.stdout)
 
     def start_daemon(self, config: Path) -> Daemon:
-        """`pmemd run`, returned once it has logged "running"."""
-        proc = subprocess.Popen(
-            [*PMEMD, "run", "--config", str(config)], cwd=REPO,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        daemon = Daemon(proc, LogWatcher(proc.stderr, f"pmemd run {config.name}"))
+        """`pmemd run`, returned once it is ready (READY=1)."""
+        daemon = start_daemon(self.workdir, "--config", str(config), name=f"{config.stem}-{len(self.daemons)}")
         self.daemons.append(daemon)
-        daemon.log.wait_for("running")
+        daemon.wait_ready()
         return daemon
 
     def start_guest(self, config: Path) -> Daemon:

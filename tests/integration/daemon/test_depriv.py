@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.config import write_config
-from tests.harness.daemon_process import MiB, proc_status, run_cli, start_daemon
+from tests.harness.config import MiB, write_config
+from tests.harness.daemon import proc_status, run_cli, start_daemon
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deprivileging needs the test to run as root")
 
@@ -26,7 +26,7 @@ async def deprivileged(sim, tmp_path: Path):
     config = write_config(tmp_path, sim.path, domid=DOMID)
     root = tmp_path / "root"
     root.mkdir(mode=0o755)
-    async with start_daemon(tmp_path, "--config", str(config), "--depriv", "--uid", str(NOBODY),
+    with start_daemon(tmp_path, "--config", str(config), "--depriv", "--uid", str(NOBODY),
                             "--gid", str(NOBODY), "--chroot", str(root)) as daemon:
         await daemon.ready()
         sim.hv.domains[DOMID].unpause()
@@ -74,7 +74,7 @@ async def test_it_still_shuts_down_cleanly_on_sigterm(deprivileged, sim):
     daemon.terminate()
     assert await daemon.wait() == 0
     assert sim.hv.domains[DOMID].info()["ioreq_servers"] == []
-    events = daemon.events()
+    events = daemon.log.events()
     assert events.index("privileges dropped") < events.index("running")
 
 
@@ -84,9 +84,9 @@ async def test_a_clean_stop_after_depriv_saves_the_state_so_the_next_start_count
     daemon, config, _ = deprivileged
     daemon.terminate()
     assert await daemon.wait() == 0
-    assert "guest state saved" in daemon.events()
-    async with start_daemon(tmp_path, "--config", str(config), name="restarted") as restarted:
+    assert "guest state saved" in daemon.log.events()
+    with start_daemon(tmp_path, "--config", str(config), name="restarted") as restarted:
         await restarted.ready()
         restarted.terminate()
         assert await restarted.wait() == 0
-    assert "previous daemon did not stop cleanly: dirty shutdown counted" not in restarted.events()
+    assert "previous daemon did not stop cleanly: dirty shutdown counted" not in restarted.log.events()

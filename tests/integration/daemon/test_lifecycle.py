@@ -18,8 +18,8 @@ from pmemd.daemon.guest import Guest
 from pmemd.daemon.serve import serve_guest
 from pmemd.daemon.steps import STEPS
 from pmemd.process.pidfile import is_locked
-from tests.harness.config import write_config
-from tests.harness.daemon_process import MiB, run_cli, start_daemon
+from tests.harness.config import MiB, write_config
+from tests.harness.daemon import run_cli, start_daemon
 
 DOMID = 9
 
@@ -36,7 +36,7 @@ def servers(sim) -> list[int]:
 
 async def test_sigterm_after_ready_exits_0_and_leaves_nothing_behind(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
         await daemon.ready()
         assert len(servers(sim)) == 1
         assert sim.hv.bindings, "per-vCPU event channels are bound while running"
@@ -45,12 +45,12 @@ async def test_sigterm_after_ready_exits_0_and_leaves_nothing_behind(sim, guest_
         assert servers(sim) == []
         assert not sim.hv.bindings
         assert not pid_path.exists()
-        events = daemon.events()
+        events = daemon.log.events()
         assert events.index("running") < events.index("shutting down") < events.index("ioreq server torn down")
 
 
 async def test_the_guest_is_served_between_ready_and_sigterm(sim, guest_config, tmp_path):
-    async with start_daemon(tmp_path, "--config", str(guest_config)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config)) as daemon:
         await daemon.ready()
         sim.hv.domains[DOMID].unpause()
         result = await run_cli("guest", "--config", str(guest_config), "-", stdin=b'{"dimm": 0, "function": 4}\n')
@@ -61,7 +61,7 @@ async def test_the_guest_is_served_between_ready_and_sigterm(sim, guest_config, 
 
 async def test_pidfile_is_0600_holds_the_pid_and_stays_locked_while_running(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
         await daemon.ready()
         assert stat.S_IMODE(pid_path.stat().st_mode) == 0o600
         assert pid_path.read_text() == f"{daemon.pid}\n"
@@ -73,7 +73,7 @@ async def test_pidfile_is_0600_holds_the_pid_and_stays_locked_while_running(sim,
 
 async def test_a_second_daemon_on_a_held_pidfile_exits_1_with_one_line(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as first:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as first:
         await first.ready()
         second = await run_cli("run", "--config", str(guest_config), "--pidfile", str(pid_path))
         assert second.returncode == 1
@@ -85,11 +85,11 @@ async def test_a_second_daemon_on_a_held_pidfile_exits_1_with_one_line(sim, gues
 
 async def test_destroying_the_domain_makes_the_daemon_tear_down_and_exit_0(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
         await daemon.ready()
         sim.hv.destroy_domain(sim.hv.domains[DOMID])
         assert await daemon.wait() == 0
-        assert "domain gone: tearing down" in daemon.events()
+        assert "domain gone: tearing down" in daemon.log.events()
         assert not pid_path.exists()
 
 
@@ -188,7 +188,7 @@ async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_conf
     pytest.importorskip("pmemd.daemon.savefile")
     saved = tmp_path / "state.sav"
     address = configmod.load(guest_config).nvdimms[0].address
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--save", str(saved), name="first") as first:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--save", str(saved), name="first") as first:
         await first.ready()
         sim.hv.domains[DOMID].unpause()
         (injected,) = await guest_calls(guest_config, inject_script(address))
@@ -196,9 +196,9 @@ async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_conf
         before = await guest_calls(guest_config, status_queries(address))
         first.terminate()
         assert await first.wait() == 0
-    assert "device state saved" in first.events()
+    assert "device state saved" in first.log.events()
     assert saved.stat().st_size > 0
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--resume", str(saved), name="second") as second:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--resume", str(saved), name="second") as second:
         await second.ready()
         after = await guest_calls(guest_config, status_queries(address))
         second.terminate()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.config import write_config
-from tests.harness.daemon_process import MiB, start_daemon
+from tests.harness.config import MiB, write_config
+from tests.harness.daemon import start_daemon
 
 DOMID = 9
 
@@ -26,9 +26,9 @@ async def daemon_socket(sim, tmp_path: Path):
         pytest.skip("xenstore-utils not installed; ./dev test installs them")
     await sim.create_domain(DOMID, vcpus=2, lowmem=64 * MiB, unpause=False)
     config = write_config(tmp_path, sim.path, domid=DOMID)
-    async with start_daemon(tmp_path, "--config", str(config)) as daemon:
+    with start_daemon(tmp_path, "--config", str(config)) as daemon:
         await daemon.ready()
-        lines = [json.loads(line) for line in daemon.stderr.read_text().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in daemon.log.text().splitlines() if line.startswith("{")]
         (socket,) = [e["socket"] for e in lines if e.get("event") == "embedded xenstored"]
         yield socket, daemon
 
