@@ -1,4 +1,5 @@
-"""`pmemd` as a process, the one way tests start one: `pmemd run` (a `Daemon`) and one-shot commands.
+"""`pmemd` as a process, the one way tests start one: `pmemd run` (a `Daemon`), `pmemd sim` (a
+`Simulator`) and one-shot commands.
 
 `start_daemon` runs `pmemd run ARGS --log-format json` with $NOTIFY_SOCKET bound in the test's
 directory, so readiness is what systemd would see (READY=1); a `LogWatcher` thread reads its
@@ -179,6 +180,42 @@ def start_daemon(directory: Path, *args: str, name: str = "daemon") -> Daemon:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     return Daemon(proc, LogWatcher(proc.stderr, f"pmemd run ({name})"), notify)
+
+
+@dataclass
+class Simulator:
+    """`pmemd sim` as a process (the simulated hypervisor, maybe xenstored too): its log (stderr)
+    and its stdout, both read to the end so it never blocks on a full pipe."""
+
+    proc: subprocess.Popen[str]
+    log: LogWatcher
+    out: LogWatcher
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(TIMEOUT)
+        self.log.close()
+        self.out.close()
+
+    def __enter__(self) -> Simulator:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+def start_sim(*args: str, command: tuple[str, ...] = (*PMEMD, "sim")) -> Simulator:
+    """`pmemd sim ARGS` (or `command ARGS`), returned once it printed "ready"."""
+    proc = subprocess.Popen([*command, *args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    sim = Simulator(proc, LogWatcher(proc.stderr, "pmemd sim"), LogWatcher(proc.stdout, "pmemd sim stdout"))
+    try:
+        sim.out.wait_for("ready")  # a plain line, recorded as {"event": "ready", "raw": True}
+    except AssertionError:
+        sim.close()
+        raise
+    return sim
 
 
 def pmemd(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -37,7 +37,9 @@ from pmemd.dsm.root_layouts import (
     InjectStatusOutput,
 )
 from pmemd.dsm.smart import InjectSmartInput, SetThresholdInput, SmartBody, ThresholdOutput
-from tests.harness.e2e_host import TIMEOUT, Host
+from tests.harness.daemon import TIMEOUT
+from tests.harness.guest_script import script_process
+from tests.harness.host import ProcessHost
 
 KiB, MiB = 1 << 10, 1 << 20
 LABEL_SIZE = 128 * KiB
@@ -54,8 +56,8 @@ MAX_POLLS = 100_000  # ARS status polls before a scrub is declared stuck
 class GuestSession:
     """An interactive `pmemd guest`: one script line in, its answer out."""
 
-    def __init__(self, host: Host, config: Path) -> None:
-        self.proc = host.script_process(config)
+    def __init__(self, config: Path) -> None:
+        self.proc = script_process(config)
 
     def __call__(self, line: dict[str, Any]) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -134,15 +136,15 @@ def out(result: dict[str, Any]) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    host = Host(tmp_path_factory.mktemp("e2e-media")).start()
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessHost]:
+    host = ProcessHost(tmp_path_factory.mktemp("e2e-media")).start()
     try:
         yield host
     finally:
         host.close()
 
 
-def media_guest(host: Host, domid: int, *, scrub_rate: str = "1G") -> tuple[Path, int]:
+def media_guest(host: ProcessHost, domid: int, *, scrub_rate: str = "1G") -> tuple[Path, int]:
     """A guest with one labelled 2 MiB DIMM scrubbing at `scrub_rate`; returns (config, PMEM base)."""
     path = host.guest_config(domid, nvdimms=[DIMM])
     text = path.read_text().replace('[dsm]\n', f'[dsm]\nscrub_rate = "{scrub_rate}"\n', 1)
@@ -151,11 +153,11 @@ def media_guest(host: Host, domid: int, *, scrub_rate: str = "1G") -> tuple[Path
 
 
 @pytest.fixture
-def session(host: Host) -> Iterator[Any]:
+def session(host: ProcessHost) -> Iterator[Any]:
     sessions: list[GuestSession] = []
 
     def open_session(config: Path) -> GuestSession:
-        sessions.append(GuestSession(host, config))
+        sessions.append(GuestSession(config))
         return sessions[-1]
 
     yield open_session
@@ -166,7 +168,7 @@ def session(host: Host) -> Iterator[Any]:
 # -- ARS: the flow Linux drives ---------------------------------------------------------------
 
 
-def test_linux_ars_flow_pages_through_overflow_and_reports_exactly_the_injected_set(host: Host, session) -> None:
+def test_linux_ars_flow_pages_through_overflow_and_reports_exactly_the_injected_set(host: ProcessHost, session) -> None:
     config, base = media_guest(host, 11, scrub_rate="2M")  # the whole DIMM scrubs in about a second
     host.start_guest(config)
     guest = session(config)
@@ -195,7 +197,7 @@ def test_linux_ars_flow_pages_through_overflow_and_reports_exactly_the_injected_
     assert {r.handle for r in [*first.records, *rest.records]} == {1}
 
 
-def test_ars_outside_the_guests_spa_ranges_is_invalid_input(host: Host, session) -> None:
+def test_ars_outside_the_guests_spa_ranges_is_invalid_input(host: ProcessHost, session) -> None:
     config, base = media_guest(host, 12)
     host.start_guest(config)
     guest = session(config)
@@ -208,7 +210,7 @@ def test_ars_outside_the_guests_spa_ranges_is_invalid_input(host: Host, session)
 # -- error injection ------------------------------------------------------------------------------
 
 
-def test_injection_round_trip_through_ars_clear_and_inject_clear(host: Host, session) -> None:
+def test_injection_round_trip_through_ars_clear_and_inject_clear(host: ProcessHost, session) -> None:
     config, base = media_guest(host, 13)
     host.start_guest(config)
     guest = session(config)
@@ -230,7 +232,7 @@ def test_injection_round_trip_through_ars_clear_and_inject_clear(host: Host, ses
     assert guest({"events": True}) == {"gpes": [], "notify": []}
 
 
-def test_poisoned_page_read_takes_a_machine_check_and_clearing_restores_the_data(host: Host, session) -> None:
+def test_poisoned_page_read_takes_a_machine_check_and_clearing_restores_the_data(host: ProcessHost, session) -> None:
     config, base = media_guest(host, 14)
     host.start_guest(config)
     guest = session(config)
@@ -256,7 +258,7 @@ ROOT_INPUTS = {1: 16, 2: 24, 3: 0, 4: 16, 5: 8, 7: 17, 8: 16, 9: 0}
 DIMM_INPUTS = {(1, 1): 0, (2, 1): 0, (10, 1): 1, (17, 2): 7, (18, 2): 15}
 
 
-def test_every_payload_shorter_or_longer_than_its_layout_is_invalid_input(host: Host, session) -> None:
+def test_every_payload_shorter_or_longer_than_its_layout_is_invalid_input(host: ProcessHost, session) -> None:
     config, base = media_guest(host, 15)
     host.start_guest(config)
     guest = session(config)
@@ -274,7 +276,7 @@ def test_every_payload_shorter_or_longer_than_its_layout_is_invalid_input(host: 
 # -- SMART health -----------------------------------------------------------------------------------
 
 
-def test_smart_defaults_thresholds_and_injected_conditions_with_notify_on_trip(host: Host, session) -> None:
+def test_smart_defaults_thresholds_and_injected_conditions_with_notify_on_trip(host: ProcessHost, session) -> None:
     config, _ = media_guest(host, 16)
     host.start_guest(config)
     guest = session(config)
@@ -309,7 +311,7 @@ def test_smart_defaults_thresholds_and_injected_conditions_with_notify_on_trip(h
 # -- state across daemon restarts ---------------------------------------------------------------------
 
 
-def test_health_and_poison_persist_and_a_kill_9_counts_a_dirty_shutdown(host: Host, session) -> None:
+def test_health_and_poison_persist_and_a_kill_9_counts_a_dirty_shutdown(host: ProcessHost, session) -> None:
     config, base = media_guest(host, 17)
     daemon = host.start_guest(config)
     thresholds = {"alarm_control": 0b01, "spares": 30, "media_temperature": 55 * 16, "ctrl_temperature": 44 * 16}
