@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness.daemon import PMEMD, TIMEOUT
+from tests.harness.daemon import PMEMD, TIMEOUT, run_cli
 from tests.harness.paths import REPO
 
 Line = Mapping[str, Any] | str  # a call, or a raw line (malformed on purpose)
@@ -64,3 +64,11 @@ def run_all(procs_and_scripts: list[tuple[subprocess.Popen[str], list[Any]]]) ->
         proc.stderr.close()
         runs.append(GuestRun(proc.wait(TIMEOUT), [json.loads(line) for line in out.splitlines()], err))
     return runs
+
+
+async def run_script_async(config: Path, lines: Iterable[Line], *flags: str) -> GuestRun:
+    """`run_script` from a trio test, so the test's own servers (an in-process simulator) keep
+    serving while `pmemd guest FLAGS` runs."""
+    result = await run_cli("guest", "--config", str(config), *flags, "-", stdin=script_text(lines).encode())
+    return GuestRun(result.returncode, [json.loads(line) for line in result.stdout.decode().splitlines()],
+                    result.stderr.decode())

@@ -3,14 +3,14 @@ process that still answers the guest and still shuts down cleanly."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from tests.harness.config import MiB, write_config
-from tests.harness.daemon import proc_status, run_cli, start_daemon
+from tests.harness.daemon import proc_status, start_daemon
+from tests.harness.guest_script import run_script_async
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deprivileging needs the test to run as root")
 
@@ -62,9 +62,7 @@ async def test_it_still_answers_scripted_calls_including_label_writes(deprivileg
         {"dimm": 0, "function": 6, "arg3": (LABEL_OFFSET + len(block).to_bytes(4, "little") + block).hex()},
         {"dimm": 0, "function": 5, "arg3": (LABEL_OFFSET + len(block).to_bytes(4, "little")).hex()},
     ]
-    result = await run_cli("guest", "--config", str(config), "-",
-                           stdin="".join(json.dumps(line) + "\n" for line in script).encode())
-    size, write, read = (json.loads(line) for line in result.stdout.decode().splitlines())
+    size, write, read = (await run_script_async(config, script)).results
     assert size["status"] == write["status"] == read["status"] == 0
     assert bytes.fromhex(read["out"])[4:] == block
 

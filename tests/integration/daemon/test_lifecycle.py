@@ -20,6 +20,7 @@ from pmemd.daemon.steps import STEPS
 from pmemd.process.pidfile import is_locked
 from tests.harness.config import MiB, write_config
 from tests.harness.daemon import run_cli, start_daemon
+from tests.harness.guest_script import run_script_async
 
 DOMID = 9
 
@@ -179,9 +180,7 @@ def status_queries(address: int) -> list[dict]:
 
 
 async def guest_calls(config: Path, script: list[dict]) -> list[dict]:
-    text = "".join(json.dumps(line) + "\n" for line in script).encode()
-    result = await run_cli("guest", "--config", str(config), "-", stdin=text)
-    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+    return (await run_script_async(config, script)).results
 
 
 async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_config, tmp_path):

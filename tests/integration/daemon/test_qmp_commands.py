@@ -17,8 +17,8 @@ from pmemd.daemon.serve import serve_guest
 from pmemd.dsm.firmware_image import build_image
 from pmemd.qmp.registry import COMMANDS
 from pmemd.sim.guest_driver import Guest as GuestDriver
-from tests.harness.config import write_config
-from tests.harness.qmp_harness import MiB, connect
+from tests.harness.config import MiB, write_config
+from tests.harness.qmp import connect
 
 DOMID = 12
 

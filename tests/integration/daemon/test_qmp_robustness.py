@@ -13,8 +13,8 @@ from pmemd import config as configmod
 from pmemd.daemon.serve import serve_guest
 from pmemd.qmp.protocol import MAX_MESSAGE
 from pmemd.qmp.server import MAX_CLIENTS, OUTBOX
-from tests.harness.config import write_config
-from tests.harness.qmp_harness import MiB, connect
+from tests.harness.config import MiB, write_config
+from tests.harness.qmp import connect
 
 DOMID = 13
 

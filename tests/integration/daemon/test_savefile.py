@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -22,8 +20,9 @@ from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.inject import inject_error
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.root_layouts import ARS_TYPE_PERSISTENT
-from tests.harness.config import write_config
-from tests.harness.qmp_harness import MiB, connect
+from tests.harness.config import MiB, write_config
+from tests.harness.guest_script import run_script_async
+from tests.harness.qmp import connect
 
 
 class Clock:
@@ -197,20 +196,18 @@ QUERIES = [("pmemd-query-poison", None), ("pmemd-query-health", None), ("pmemd-q
            ("pmemd-query-labels", None), ("query-memory-devices", None)]
 
 
-def guest_script(cfg: configmod.Config) -> bytes:
+def guest_script(cfg: configmod.Config) -> list[dict]:
     """Every read-only _DSM query: ARS status and inject status on the root; SMART, thresholds, label size per DIMM."""
     calls = [{"dimm": None, "function": 3}, {"dimm": None, "function": 9}]
     for d in cfg.nvdimms:
         calls += [{"dimm": d.slot, "function": f} for f in (1, 2, 4)]
-    return "".join(json.dumps({**c, "revision": 1}) + "\n" for c in calls).encode()
+    return [{**c, "revision": 1} for c in calls]
 
 
 async def guest_answers(config_path: Path, cfg: configmod.Config, hv: Path) -> list[dict]:
-    proc = await trio.run_process(
-        [sys.executable, "-m", "pmemd.cli", "guest", "--config", str(config_path), "--hypervisor", str(hv), "-"],
-        stdin=guest_script(cfg), capture_stdout=True, check=True,
-    )
-    return [{k: v for k, v in json.loads(line).items() if k != "ioreqs"} for line in proc.stdout.decode().splitlines()]
+    run = await run_script_async(config_path, guest_script(cfg), "--hypervisor", str(hv))
+    assert run.returncode == 0, run.stderr
+    return [{k: v for k, v in answer.items() if k != "ioreqs"} for answer in run.results]
 
 
 async def answers(qmp, config_path, cfg, hv) -> tuple[list, list]:

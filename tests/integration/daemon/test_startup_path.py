@@ -21,8 +21,7 @@ from pmemd.process.startup import _Deferred, defer_unused_stdlib
 from pmemd.qmp.early import EarlyQmp, greeting_bytes, qmp_path_from_argv
 from pmemd.qmp.protocol import Connection
 from pmemd.qmp.vm_commands import version_info
-from tests.harness.config import write_config
-from tests.harness.qmp_harness import MiB
+from tests.harness.config import MiB, write_config
 
 DOMID = 21
 

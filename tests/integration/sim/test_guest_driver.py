@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-
-import trio
 
 from pmemd.sim.client.control import DomainControl
 from tests.harness.config import guest_config, write_toml
+from tests.harness.guest_script import run_script_async
 
 DOMID = 4
 
@@ -19,10 +16,8 @@ def write_guest(tmp_path: Path, hv_socket: Path) -> Path:
 
 
 async def run_guest(config: Path, lines: list[dict]) -> tuple[int, list[dict]]:
-    script = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    proc = await trio.run_process([sys.executable, "-m", "pmemd.cli", "guest", "--config", str(config), "-"],
-                                  stdin=script, capture_stdout=True, check=False)
-    return proc.returncode, [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    run = await run_script_async(config, lines)
+    return run.returncode, run.results
 
 
 async def test_a_crashed_domain_ends_the_script_with_status_1(sim_process, tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import trio
 from qemu.qmp import EventListener, QMPClient
 
-MiB = 1 << 20
 CALL_TIMEOUT = 20.0
 T = TypeVar("T")
 
