@@ -1,13 +1,13 @@
 """Fixtures for integration tests: the simulator in this trio run (`sim`) or in its own process
-(`sim_process`), and a whole simulated host in this trio run (`host`). The classes are in
-tests/harness/host.py."""
+(`sim_process`), and a whole simulated host in this trio run (`host`) or as processes
+(`process_host`, one per test module). The classes are in tests/harness/host.py."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from pmemd.sim.hvmloader import attach
 from pmemd.sim.hypervisor import serve_hypervisor
 from pmemd.xenstored.server import serve_xenstored
 from tests.harness.daemon import start_sim
-from tests.harness.host import GUEST, Host, Sim
+from tests.harness.host import GUEST, Host, ProcessHost, Sim
 
 
 @pytest.fixture
@@ -52,3 +52,13 @@ async def host(nursery: trio.Nursery) -> AsyncIterator[Host]:
         yield Host(directory, hv, store, attach(hv, store, directory / "acpi"), nursery)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def process_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessHost]:
+    """`pmemd sim` and the daemons started on it, as processes: one host for a whole test module."""
+    host = ProcessHost(tmp_path_factory.mktemp("process-host")).start()
+    try:
+        yield host
+    finally:
+        host.close()
