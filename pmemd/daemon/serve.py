@@ -43,13 +43,14 @@ async def domain_gone(guest: Guest) -> bool:
 async def watch_domain(guest: Guest) -> None:
     """Return when the domain has disappeared.
 
-    With a xenstore connection this waits on the `@releaseDomain` watch, which names no
+    With a shared xenstored this waits on the `@releaseDomain` watch, which names no
     domain, and re-checks existence on each event; without one it checks existence every
-    `DOMAIN_POLL_INTERVAL`.
+    `DOMAIN_POLL_INTERVAL`. An embedded xenstored counts as none: no toolstack releases the
+    domain there, so its watch fires only at registration and a later death would go unseen.
     """
     if guest.hv is None:  # [dsm] transport = "qemu": no domain to watch, serve until cancelled
         await trio.sleep_forever()
-    if guest.xenstore is not None:
+    if guest.xenstore is not None and guest.config.xen.xenstore != "embedded":
         async with guest.xenstore.watching("@releaseDomain") as events:
             async for _ in events:
                 if await domain_gone(guest):

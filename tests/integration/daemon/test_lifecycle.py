@@ -94,6 +94,18 @@ async def test_destroying_the_domain_makes_the_daemon_tear_down_and_exit_0(sim, 
         assert not pid_path.exists()
 
 
+async def test_a_domain_destroyed_while_it_is_being_served_is_noticed(sim, guest_config, tmp_path):
+    """With an embedded xenstored no toolstack fires @releaseDomain: the daemon must poll."""
+    with start_daemon(tmp_path, "--config", str(guest_config)) as daemon:
+        await daemon.ready()
+        sim.hv.domains[DOMID].unpause()
+        served = await run_script_async(guest_config, [{"dimm": 0, "function": 4}])  # long past its set-up
+        assert served.results[0]["status"] == 0
+        sim.hv.destroy_domain(sim.hv.domains[DOMID])
+        assert await daemon.wait() == 0
+        assert "domain gone: tearing down" in daemon.log.events()
+
+
 async def test_a_failing_setup_exits_1_with_one_line_and_leaves_nothing(sim, guest_config, tmp_path):
     (tmp_path / "nv0.img").unlink()
     pid_path = tmp_path / "pmemd.pid"
