@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -170,13 +171,15 @@ class Daemon:
         self.close()
 
 
-def start_daemon(directory: Path, *args: str, name: str = "daemon") -> Daemon:
-    """`pmemd run ARGS`, its notify socket `directory`/NAME.notify; wait for it with `ready`."""
+def start_daemon(directory: Path, *args: str, name: str = "daemon", env: Mapping[str, str] | None = None) -> Daemon:
+    """`pmemd run ARGS` (in `env`, else ours), its notify socket `directory`/NAME.notify; wait for it
+    with `ready`."""
     notify_path = directory / f"{name}.notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     proc = subprocess.Popen(
-        [*PMEMD, "run", "--log-format", "json", *args], cwd=REPO, env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+        [*PMEMD, "run", "--log-format", "json", *args], cwd=REPO,
+        env={**(os.environ if env is None else env), "NOTIFY_SOCKET": str(notify_path)},
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     return Daemon(proc, LogWatcher(proc.stderr, f"pmemd run ({name})"), notify)
@@ -205,9 +208,9 @@ class Simulator:
         self.close()
 
 
-def start_sim(*args: str, command: tuple[str, ...] = (*PMEMD, "sim")) -> Simulator:
-    """`pmemd sim ARGS` (or `command ARGS`), returned once it printed "ready"."""
-    proc = subprocess.Popen([*command, *args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+def start_sim(*args: str, command: tuple[str, ...] = (*PMEMD, "sim"), env: Mapping[str, str] | None = None) -> Simulator:
+    """`pmemd sim ARGS` (or `command ARGS`; in `env`, else ours), returned once it printed "ready"."""
+    proc = subprocess.Popen([*command, *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     sim = Simulator(proc, LogWatcher(proc.stderr, "pmemd sim"), LogWatcher(proc.stdout, "pmemd sim stdout"))
     try:
@@ -223,11 +226,12 @@ def pmemd(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PMEMD, *args], cwd=REPO, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
 
 
-async def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+async def run_cli(*args: str, stdin: bytes = b"", env: Mapping[str, str] | None = None,
+                  ) -> subprocess.CompletedProcess[bytes]:
     """`pmemd ARGS` from a trio test (the test's servers keep serving), output as bytes."""
     with trio.fail_after(TIMEOUT):
         return await trio.run_process(
-            [*PMEMD, *args], stdin=stdin, capture_stdout=True, capture_stderr=True, check=False, cwd=REPO,
+            [*PMEMD, *args], stdin=stdin, capture_stdout=True, capture_stderr=True, check=False, cwd=REPO, env=env,
         )
 
 
