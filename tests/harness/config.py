@@ -15,8 +15,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pmemd import config as configmod
-from pmemd.config import parse_size
+from pmemd.config import ConfigError, parse_size
 from tests.harness.paths import CONFIGS
 
 MiB = 1 << 20
@@ -82,6 +84,38 @@ def write_config(directory: Path, hypervisor: Path | str, *, domid: int = 9, vcp
     raw = guest_config(domid, hypervisor, vcpus=vcpus, mode="mmio", xenstore="embedded", qmp=directory / "qmp.sock",
                 nvdimms=dimms)
     return write_toml(directory / "guest.toml", raw)
+
+
+# -- mappings for the validation tests: what `from_mapping` accepts and refuses -----------------
+
+
+def base() -> dict[str, Any]:
+    """A valid guest: 1 GiB low RAM, 1 GiB high RAM, one 1 GiB DIMM with 2 MiB of labels."""
+    return {
+        "domid": 7,
+        "guest": {"lowmem": "1G", "highmem": "1G", "vcpus": 2},
+        "dsm": {"mode": "mmio"},
+        "nvdimm": [{"backing": "/tmp/nv0.img", "size": "1026M", "label_size": "2M"}],
+    }
+
+
+def with_dimms(*dimms: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    """`base()` with the given DIMM tables and top-level sections replaced."""
+    raw = base()
+    raw["nvdimm"] = [{"backing": f"/tmp/nv{i}.img", "size": "1G", **d} for i, d in enumerate(dimms)]
+    raw.update(sections)
+    return raw
+
+
+def rejects(raw: dict[str, Any], field: str, phrase: str) -> ConfigError:
+    """Assert `raw` is refused for `field` with a rule containing `phrase`."""
+    with pytest.raises(ConfigError) as info:
+        configmod.from_mapping(raw)
+    err = info.value
+    assert err.field == field, str(err)
+    assert phrase in err.rule, str(err)
+    assert str(err) == f"{field}: {err.rule}"
+    return err
 
 
 def load_example(name: str, **changes: Any) -> configmod.Config:

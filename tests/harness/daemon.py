@@ -32,6 +32,7 @@ import trio
 from tests.harness.paths import REPO
 
 PMEMD = [sys.executable, "-m", "pmemd.cli"]
+SCRIPT = Path(sys.executable).parent / "pmemd"  # the console script pyproject.toml installs
 TIMEOUT = 60.0  # seconds; a process that reports nothing for this long has hung
 
 LogRecord = dict[str, Any]
@@ -221,9 +222,11 @@ def start_sim(*args: str, command: tuple[str, ...] = (*PMEMD, "sim"), env: Mappi
     return sim
 
 
-def pmemd(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`pmemd ARGS` to completion, output captured; never raises on a non-zero exit."""
-    return subprocess.run([*PMEMD, *args], cwd=REPO, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+def pmemd(*args: str, stdin: str = "", cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`pmemd ARGS` to completion, output captured; never raises on a non-zero exit. It runs the
+    installed console script, as a user would (the module when the script is not installed)."""
+    command = [str(SCRIPT)] if SCRIPT.exists() else PMEMD
+    return subprocess.run([*command, *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 async def run_cli(*args: str, stdin: bytes = b"", env: Mapping[str, str] | None = None,

@@ -6,12 +6,15 @@ scrub clock is a fake the test advances, so "scrubbing takes time" is checked wi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
 from construct import Int64ul
 
 from acpi.dsm_buffer import MAX_PAYLOAD
+from pmemd.config import from_mapping
 from pmemd.daemon.scrubber import ScrubCompleted, run_scrubber
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.call import Status
@@ -34,6 +37,7 @@ from tests.harness.dsm import (
     PMEM,
     RATE,
     ROOT,
+    FakeClock,
     Guest,
     MiB,
     guest,
