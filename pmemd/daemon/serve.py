@@ -44,17 +44,19 @@ async def domain_gone(guest: Guest) -> bool:
 async def watch_domain(guest: Guest) -> None:
     """Return when the domain has disappeared.
 
-    With a xenstore connection this waits on the `@releaseDomain` watch, which names no
-    domain, and re-checks existence on each event and after `RELEASE_BACKSTOP` without one;
-    without xenstore it checks existence every `DOMAIN_POLL_INTERVAL`.
+    With a shared xenstored this waits on the `@releaseDomain` watch, which names no
+    domain, and re-checks existence on each event and after `RELEASE_BACKSTOP` without one
+    (a release that raced the watch's registration, or a domain still dying at its event);
+    without one it checks existence every `DOMAIN_POLL_INTERVAL`. An embedded xenstored counts
+    as none: no toolstack releases the domain there, so its watch fires only at registration.
     """
     if guest.hv is None:  # [dsm] transport = "qemu": no domain to watch, serve until cancelled
         await trio.sleep_forever()
-    if guest.xenstore is not None:
+    if guest.xenstore is not None and guest.config.xen.xenstore != "embedded":
         async with guest.xenstore.watching("@releaseDomain") as events:
             while not await domain_gone(guest):
                 # The watch is the fast path; the backstop catches a release that raced the
-                # watch's registration, or one an embedded xenstored is never told of.
+                # watch's registration, or a domain still dying when its event was handled.
                 with trio.move_on_after(RELEASE_BACKSTOP):
                     try:
                         await events.receive()

@@ -31,7 +31,7 @@ from pmemd.dsm.firmware import INITIAL_VERSION, parse_firmware_file
 from pmemd.dsm.guest_state import state_file_bytes
 from pmemd.dsm.health import HEALTH_CRITICAL, HEALTH_FATAL, HEALTH_NON_CRITICAL, encode_temperature
 from pmemd.lab.image import cache_dir, prepare
-from tests.guest.test_lab_guest import Boot, require_qemu
+from tests.harness.lab import Boot, require_qemu
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(200)]  # the first test waits for the boot
 

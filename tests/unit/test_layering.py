@@ -109,3 +109,11 @@ def test_the_checker_lets_the_simulator_use_its_own_modules_the_wire_protocols_a
     source = ("from . import wire\nfrom .errors import XenError\nfrom pmemd.xenstore.wire import Message\n"
               "from pmemd.xenstored.store import Store\nfrom pmemd.host_pmem import HostPmemRegion\nimport trio\n")
     assert daemon_rules(imported_modules(source, "pmemd.sim.hv_domain")) == []
+
+
+def test_test_modules_import_shared_code_only_from_the_harness() -> None:
+    """Code two test files share lives in tests/harness/, never in one of them (or a conftest)."""
+    found = {str(path.relative_to(ROOT)): sorted(name for name in imports_of(path)
+                                                 if within(name, "tests") and not within(name, "tests.harness"))
+             for path in sorted((ROOT / "tests").rglob("*.py"))}
+    assert {path: names for path, names in found.items() if names} == {}

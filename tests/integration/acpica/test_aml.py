@@ -7,7 +7,7 @@ typed by hand. (The encoder's own rules are in tests/unit/acpi/test_aml.py.)
 
 from __future__ import annotations
 
-from pathlib import Path
+import pathlib
 
 import pytest
 
@@ -161,6 +161,6 @@ FIXTURES = {
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_term_encodes_as_iasl_compiles_its_asl(name: str, tmp_path: Path) -> None:
+def test_term_encodes_as_iasl_compiles_its_asl(name: str, tmp_path: pathlib.Path) -> None:
     asl, terms = FIXTURES[name]
     assert definition_block_body(*terms) == compile_aml_body(asl, tmp_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,8 @@ from acpi.nfit import parse_nfit
 from acpi.table import parse_table
 from pmemd import config
 from pmemd.daemon.tables import build_tables
+from tests.harness.daemon import pmemd
 from tests.harness.paths import REPO
-
-SCRIPT = Path(sys.executable).parent / "pmemd"
-
-
-def pmemd(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script (or the module, when the script is not installed)."""
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pmemd.cli"]
-    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pmemd.dsm.firmware_image import verify_image
 from pmemd.lab.image import ImageError, prepare
-from tests.integration.cli.test_cli_acpi import pmemd
+from tests.harness.daemon import pmemd
 
 
 def test_firmware_image_writes_a_verified_image_of_the_version(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pmemd.process.lifecycle import SystemdNotifier
-from tests.harness.daemon_process import MiB, run_cli, start_daemon, write_config
+from tests.harness.config import MiB, write_config
+from tests.harness.daemon import run_cli, start_daemon
 
 
 @pytest.fixture
@@ -88,12 +89,12 @@ async def test_a_pidfile_in_a_missing_directory_exits_1(config, tmp_path):
 
 async def test_domain_and_hypervisor_flags_override_the_config(sim, config, tmp_path):
     await sim.create_domain(11, vcpus=2, lowmem=64 * MiB, unpause=False)
-    async with start_daemon(tmp_path, "--config", str(config), "--domain", "11", "--hypervisor", str(sim.path)) as d:
+    with start_daemon(tmp_path, "--config", str(config), "--domain", "11", "--hypervisor", str(sim.path)) as d:
         await d.ready()
         assert sim.hv.domains[11].info()["ioreq_servers"] == [0]
         d.terminate()
         assert await d.wait() == 0
-    first = json.loads(d.log().splitlines()[0])
+    first = json.loads(d.log.text().splitlines()[0])
     assert first["domid"] == 11
 
 
@@ -123,7 +124,7 @@ async def test_qmp_health_reports_the_running_daemon(sim, tmp_path):
         pytest.skip("the daemon has no QMP step yet")
     await sim.create_domain(9, vcpus=2, lowmem=64 * MiB, unpause=False)
     config = write_config(tmp_path, sim.path)
-    async with start_daemon(tmp_path, "--config", str(config)) as daemon:
+    with start_daemon(tmp_path, "--config", str(config)) as daemon:
         await daemon.ready()
         result = await run_cli("qmp-health", "--config", str(config))
         assert result.returncode == 0, result.stderr

@@ -10,8 +10,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +17,9 @@ from pathlib import Path
 
 import pytest
 import trio
+
+from tests.harness.config import guest_config, nvdimm, write_toml
+from tests.harness.daemon import run_cli, start_daemon, start_sim
 
 PMEMD = [sys.executable, "-m", "pmemd.cli"]
 DOMIDS = (21, 22)
@@ -45,18 +46,10 @@ def env_for(machine: Path) -> dict[str, str]:
 def write_config(machine: Path, domid: int) -> Path:
     stack = machine / f"dom{domid}"
     stack.mkdir()
-    backing = stack / "nv0.img"
-    with open(backing, "wb") as f:
-        f.truncate((2 << 20) + LABEL_SIZE)
-    path = stack / "guest.toml"
-    path.write_text(
-        f'domid = {domid}\n[guest]\nlowmem = "64M"\n'
-        f'[dsm]\nstate_file = "{machine / "run" / f"pmemd-{domid}.state"}"\n'
-        f'[xen]\nhypervisor = "{stack / "hv"}"\nxenstore = "embedded"\n'
-        f'[qmp]\nsocket = "{machine / "run" / f"qmp-pmemd-{domid}"}"\n'
-        f'[[nvdimm]]\nbacking = "{backing}"\nsize = {(2 << 20) + LABEL_SIZE}\nlabel_size = "128K"\n'
-    )
-    return path
+    dimm = nvdimm(stack / "nv0.img", (2 << 20) + LABEL_SIZE, label_size="128K")
+    raw = guest_config(domid, stack / "hv", xenstore="embedded", qmp=machine / "run" / f"qmp-pmemd-{domid}",
+                       nvdimms=[dimm], dsm={"state_file": str(machine / "run" / f"pmemd-{domid}.state")})
+    return write_toml(stack / "guest.toml", raw)
 
 
 def label_script(domid: int) -> tuple[str, bytes]:
@@ -68,59 +61,30 @@ def label_script(domid: int) -> tuple[str, bytes]:
 
 
 async def pmemd(env: dict[str, str], *argv: str, stdin: bytes = b"") -> str:
-    with trio.fail_after(60):
-        result = await trio.run_process([*PMEMD, *argv], env=env, stdin=stdin, capture_stdout=True,
-                                        capture_stderr=True, check=False)
+    result = await run_cli(*argv, stdin=stdin, env=env)
     assert result.returncode == 0, f"pmemd {' '.join(argv)}: {result.stderr.decode()[-2000:]}"
     return result.stdout.decode()
-
-
-async def until_serving(env: dict[str, str], config: Path, daemon: trio.Process) -> None:
-    with trio.fail_after(60):
-        while True:
-            assert daemon.returncode is None, "pmemd run exited"
-            probe = await trio.run_process([*PMEMD, "qmp-health", "--config", str(config)], env=env,
-                                           capture_stdout=True, capture_stderr=True, check=False)
-            if probe.returncode == 0:
-                return
-            await trio.sleep(0.2)
 
 
 async def run_stack(machine: Path, domid: int, results: dict[int, dict]) -> None:
     env, config = env_for(machine), write_config(machine, domid)
     stack = config.parent
     pidfile, save = machine / "run" / f"pmemd-{domid}.pid", stack / "saved"
-    sim = await trio.lowlevel.open_process([*PMEMD, "sim", "--socket", str(stack / "hv")], env=env,
-                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    daemon = None
-    try:
-        assert sim.stdout is not None
-        with trio.fail_after(30):
-            buf = b""
-            while b"ready\n" not in buf:
-                chunk = await sim.stdout.receive_some()
-                assert chunk, "pmemd sim exited before it was ready"
-                buf += chunk
+    with start_sim("--socket", str(stack / "hv"), env=env):
         await pmemd(env, "domain", "create", "--config", str(config))
-        daemon = await trio.lowlevel.open_process(
-            [*PMEMD, "run", "--config", str(config), "--pidfile", str(pidfile), "--save", str(save),
-             "--log-format", "json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await until_serving(env, config, daemon)
-        pid = int(pidfile.read_text())
-        await pmemd(env, "domain", "unpause", "--config", str(config))
-        script, data = label_script(domid)
-        out = await pmemd(env, "guest", "--config", str(config), "-", stdin=script.encode())
-        daemon.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
+        with start_daemon(stack, "--config", str(config), "--pidfile", str(pidfile), "--save", str(save),
+                          env=env) as daemon:
+            await daemon.ready()
+            await pmemd(env, "qmp-health", "--config", str(config))  # its QMP socket answers
+            pid = int(pidfile.read_text())
+            await pmemd(env, "domain", "unpause", "--config", str(config))
+            script, data = label_script(domid)
+            out = await pmemd(env, "guest", "--config", str(config), "-", stdin=script.encode())
+            daemon.terminate()
             code = await daemon.wait()
-        results[domid] = {"pid": pid, "daemon_pid": daemon.pid, "exit": code, "calls": [json.loads(x) for x in out.splitlines()],
-                          "data": data, "label_area": (stack / "nv0.img").read_bytes()[2 << 20:(2 << 20) + 8],
-                          "saved": save.exists(), "state_file": (machine / "run" / f"pmemd-{domid}.state").exists()}
-    finally:
-        for proc in (daemon, sim):
-            if proc is not None and proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    results[domid] = {"pid": pid, "daemon_pid": daemon.pid, "exit": code, "calls": [json.loads(x) for x in out.splitlines()],
+                      "data": data, "label_area": (stack / "nv0.img").read_bytes()[2 << 20:(2 << 20) + 8],
+                      "saved": save.exists(), "state_file": (machine / "run" / f"pmemd-{domid}.state").exists()}
 
 
 @pytest.mark.timeout(150)

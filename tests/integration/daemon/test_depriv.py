@@ -3,13 +3,14 @@ process that still answers the guest and still shuts down cleanly."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.harness.daemon_process import MiB, proc_status, run_cli, start_daemon, write_config
+from tests.harness.config import MiB, write_config
+from tests.harness.daemon import proc_status, start_daemon
+from tests.harness.guest_script import run_script_async
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="deprivileging needs the test to run as root")
 
@@ -25,7 +26,7 @@ async def deprivileged(sim, tmp_path: Path):
     config = write_config(tmp_path, sim.path, domid=DOMID)
     root = tmp_path / "root"
     root.mkdir(mode=0o755)
-    async with start_daemon(tmp_path, "--config", str(config), "--depriv", "--uid", str(NOBODY),
+    with start_daemon(tmp_path, "--config", str(config), "--depriv", "--uid", str(NOBODY),
                             "--gid", str(NOBODY), "--chroot", str(root)) as daemon:
         await daemon.ready()
         sim.hv.domains[DOMID].unpause()
@@ -61,9 +62,7 @@ async def test_it_still_answers_scripted_calls_including_label_writes(deprivileg
         {"dimm": 0, "function": 6, "arg3": (LABEL_OFFSET + len(block).to_bytes(4, "little") + block).hex()},
         {"dimm": 0, "function": 5, "arg3": (LABEL_OFFSET + len(block).to_bytes(4, "little")).hex()},
     ]
-    result = await run_cli("guest", "--config", str(config), "-",
-                           stdin="".join(json.dumps(line) + "\n" for line in script).encode())
-    size, write, read = (json.loads(line) for line in result.stdout.decode().splitlines())
+    size, write, read = (await run_script_async(config, script)).results
     assert size["status"] == write["status"] == read["status"] == 0
     assert bytes.fromhex(read["out"])[4:] == block
 
@@ -73,7 +72,7 @@ async def test_it_still_shuts_down_cleanly_on_sigterm(deprivileged, sim):
     daemon.terminate()
     assert await daemon.wait() == 0
     assert sim.hv.domains[DOMID].info()["ioreq_servers"] == []
-    events = daemon.events()
+    events = daemon.log.events()
     assert events.index("privileges dropped") < events.index("running")
 
 
@@ -83,9 +82,9 @@ async def test_a_clean_stop_after_depriv_saves_the_state_so_the_next_start_count
     daemon, config, _ = deprivileged
     daemon.terminate()
     assert await daemon.wait() == 0
-    assert "guest state saved" in daemon.events()
-    async with start_daemon(tmp_path, "--config", str(config), name="restarted") as restarted:
+    assert "guest state saved" in daemon.log.events()
+    with start_daemon(tmp_path, "--config", str(config), name="restarted") as restarted:
         await restarted.ready()
         restarted.terminate()
         assert await restarted.wait() == 0
-    assert "previous daemon did not stop cleanly: dirty shutdown counted" not in restarted.events()
+    assert "previous daemon did not stop cleanly: dirty shutdown counted" not in restarted.log.events()

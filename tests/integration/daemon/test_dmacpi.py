@@ -22,7 +22,8 @@ from pmemd.daemon.dmacpi import (
 )
 from pmemd.daemon.tables import build_tables
 from pmemd.xenstore import Access, AccessDeniedError, Perm
-from tests.harness.xs_host import GUEST, Host, host, require_xenstore_tools, tool  # noqa: F401 - fixture
+from tests.harness.host import GUEST, Host
+from tests.harness.xenstore_tools import require_xenstore_tools, tool
 
 ROOT = dm_acpi_path(GUEST)
 TABLE = finish_table("NFIT", 1, bytes(40))

@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from pmemd.daemon import serve
-from tests.harness.xs_host import Host, host  # noqa: F401 - fixture
+from tests.harness.host import Host
 
 
 async def test_a_domain_destroyed_after_the_watch_is_in_ends_the_daemon_without_a_release_event(

@@ -1,7 +1,7 @@
 """End to end through separate processes: `pmemd sim`, `pmemd domain`, `pmemd run`, `pmemd guest`.
 
 One simulator serves the module; each guest here is its own domain with its own daemon
-(`tests/e2e_host.py`). Guest scripts go through `pmemd guest`, which replays the
+(`tests/harness/process_host.py`). Guest scripts go through `pmemd guest`, which replays the
 generated AML's accesses, so every call below traps exactly as it would in a real guest.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from construct import Int32ul
 from acpi import dsm_buffer as page
 from acpi.layout import INTEL_BUS_UUID, ROOT_UUID
 from pmemd.dsm.labels import MAX_LABEL_TRANSFER
-from tests.harness.e2e_host import Host, run_all, script_text
+from tests.harness.guest_script import run_all, run_script, script_process, script_text
+from tests.harness.host import ProcessHost
 
 KiB, MiB = 1 << 10, 1 << 20
 LABEL_SIZE = 128 * KiB
@@ -64,57 +64,48 @@ def planned_ioreqs(call: dict[str, Any], result: dict[str, Any]) -> int:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    host = Host(tmp_path_factory.mktemp("e2e")).start()
-    try:
-        yield host
-    finally:
-        host.close()
-
-
-@pytest.fixture(scope="module")
-def mmio_guest(host: Host) -> Path:
+def mmio_guest(process_host: ProcessHost) -> Path:
     """Domain 1: 8 vCPUs, mmio mode, a labelled DIMM in slot 0 and an unlabelled one in slot 1."""
-    config = host.guest_config(1, mode="mmio", vcpus=8, nvdimms=[LABELLED, UNLABELLED])
-    host.start_guest(config)
+    config = process_host.guest_config(1, mode="mmio", vcpus=8, nvdimms=[LABELLED, UNLABELLED])
+    process_host.start_guest(config)
     return config
 
 
 @pytest.fixture(scope="module")
-def ram_guest(host: Host) -> Path:
-    config = host.guest_config(2, mode="ram", nvdimms=[LABELLED])
-    host.start_guest(config)
+def ram_guest(process_host: ProcessHost) -> Path:
+    config = process_host.guest_config(2, mode="ram", nvdimms=[LABELLED])
+    process_host.start_guest(config)
     return config
 
 
 # -- labels across a daemon restart -------------------------------------------------------
 
 
-def test_label_write_survives_a_daemon_restart(host: Host) -> None:
-    config = host.guest_config(3, nvdimms=[LABELLED])
-    daemon = host.start_guest(config)
+def test_label_write_survives_a_daemon_restart(process_host: ProcessHost) -> None:
+    config = process_host.guest_config(3, nvdimms=[LABELLED])
+    daemon = process_host.start_guest(config)
     block = bytes(range(256)) * 4
-    written = host.run_script(config, [label_write(0x1000, block)])
+    written = run_script(config, [label_write(0x1000, block)])
     assert written.results[0]["status"] == STATUS_OK
     assert daemon.stop(signal.SIGTERM) == 0
-    host.start_daemon(config)
-    read = host.run_script(config, [label_read(0x1000, len(block))])
+    process_host.start_daemon(config)
+    read = run_script(config, [label_read(0x1000, len(block))])
     assert payload(read.results[0]) == block
 
 
-def test_mmio_label_round_trip_traps_exactly_the_access_plan(host: Host, mmio_guest: Path) -> None:
+def test_mmio_label_round_trip_traps_exactly_the_access_plan(process_host: ProcessHost, mmio_guest: Path) -> None:
     block = bytes(range(7, 7 + 200))
     calls = [label_write(0x300, block), label_read(0x300, len(block)), {"dimm": 0, "function": 4}]
-    run = host.run_script(mmio_guest, calls)
+    run = run_script(mmio_guest, calls)
     assert payload(run.results[1]) == block
     assert [r["ioreqs"] for r in run.results] == [planned_ioreqs(c, r) for c, r in zip(calls, run.results)]
 
 
-def test_ram_mode_label_round_trip_traps_only_the_notify(host: Host, ram_guest: Path) -> None:
+def test_ram_mode_label_round_trip_traps_only_the_notify(process_host: ProcessHost, ram_guest: Path) -> None:
     block = bytes(range(256)) * 15 + bytes(range(232))  # 4072 bytes: one maximal transfer
     assert len(block) == MAX_LABEL_TRANSFER
     calls = [label_write(0, block), label_read(0, len(block)), {"dimm": 0, "function": 0}, {"dimm": None, "function": 0}]
-    run = host.run_script(ram_guest, calls)
+    run = run_script(ram_guest, calls)
     assert payload(run.results[1]) == block
     assert [r["ioreqs"] for r in run.results] == [1, 1, 1, 1]
 
@@ -169,10 +160,10 @@ ALL_CALLS = {name: call for name, (call, _) in (BAD_CALLS | UNTRAPPED_CALLS | MA
 
 
 @pytest.fixture(scope="module")
-def bad_input_run(host: Host, mmio_guest: Path) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def bad_input_run(process_host: ProcessHost, mmio_guest: Path) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """Every call above, each followed by a probe, in one guest process: name -> (result, probe)."""
     lines = [line for call in ALL_CALLS.values() for line in (call, PROBE)]
-    run = host.run_script(mmio_guest, lines)
+    run = run_script(mmio_guest, lines)
     assert run.returncode == 0, run.stderr
     results = iter(run.results)
     return {name: (next(results), next(results)) for name in ALL_CALLS}
@@ -205,10 +196,10 @@ def test_daemon_answers_correctly_after_every_bad_input(bad_input_run) -> None:
     assert {name: probe["out"] for name, probe in probes.items()} == {name: expected for name in probes}
 
 
-def test_label_write_to_a_read_only_backing_file_is_not_supported(host: Host) -> None:
+def test_label_write_to_a_read_only_backing_file_is_not_supported(process_host: ProcessHost) -> None:
     if shutil.which("chattr") is None:
         pytest.skip("chattr not installed")
-    config = host.guest_config(5, nvdimms=[LABELLED], name="readonly")
+    config = process_host.guest_config(5, nvdimms=[LABELLED], name="readonly")
     backing = config.with_name("readonly-nv0.img")
     with open(backing, "r+b") as f:
         f.seek(LABELLED["size"] - LABEL_SIZE)
@@ -216,16 +207,16 @@ def test_label_write_to_a_read_only_backing_file_is_not_supported(host: Host) ->
     if subprocess.run(["chattr", "+i", str(backing)], capture_output=True).returncode != 0:
         pytest.skip("cannot make the backing file immutable (needs root and chattr support)")
     try:
-        host.domain("create", config)
+        process_host.domain("create", config)
         try:
-            host.start_daemon(config)
+            process_host.start_daemon(config)
         except AssertionError:
-            if any(r.get("step") == "backing-lock" for r in host.daemons[-1].log.records):
+            if any(r.get("step") == "backing-lock" for r in process_host.daemons[-1].log.records):
                 pytest.xfail("the backing-lock step refuses an immutable file: BackingLock's holder "
                              "xattr write fails with EPERM (pmemd/storage/lock.py _set_holder)")
             raise
-        host.domain("unpause", config)
-        run = host.run_script(config, [label_write(0, b"new label"), label_read(0, 64), PROBE])
+        process_host.domain("unpause", config)
+        run = run_script(config, [label_write(0, b"new label"), label_read(0, 64), PROBE])
     finally:
         subprocess.run(["chattr", "-i", str(backing)], check=True)
     assert [r["status"] for r in run.results] == [NOT_SUPPORTED, STATUS_OK, STATUS_OK]
@@ -248,22 +239,22 @@ MALFORMED_LINES = [
 ]
 
 
-def test_malformed_lines_get_an_error_object_and_the_script_goes_on(host: Host, mmio_guest: Path) -> None:
-    run = host.run_script(mmio_guest, [*MALFORMED_LINES, PROBE])
+def test_malformed_lines_get_an_error_object_and_the_script_goes_on(process_host: ProcessHost, mmio_guest: Path) -> None:
+    run = run_script(mmio_guest, [*MALFORMED_LINES, PROBE])
     assert run.returncode == 0
     assert len(run.results) == len(MALFORMED_LINES) + 1
     assert all(set(r) == {"error"} and r["error"] for r in run.results[:-1]), run.results
     assert run.results[-1]["status"] == STATUS_OK
 
 
-def test_guest_exits_non_zero_when_the_daemon_is_gone(host: Host) -> None:
-    config = host.guest_config(4, nvdimms=[LABELLED])
-    daemon = host.start_guest(config)
-    assert host.sim_log is not None
-    mark = host.sim_log.mark()
+def test_guest_exits_non_zero_when_the_daemon_is_gone(process_host: ProcessHost) -> None:
+    config = process_host.guest_config(4, nvdimms=[LABELLED])
+    daemon = process_host.start_guest(config)
+    assert process_host.sim_log is not None
+    mark = process_host.sim_log.mark()
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
-    host.wait_server_destroyed(4, mark)
-    run = host.run_script(config, [PROBE, PROBE])
+    process_host.wait_server_destroyed(4, mark)
+    run = run_script(config, [PROBE, PROBE])
     assert run.returncode != 0
     assert len(run.results) == 1 and "stopped answering" in run.results[0]["error"]
 
@@ -272,11 +263,11 @@ def test_guest_exits_non_zero_when_the_daemon_is_gone(host: Host) -> None:
 
 
 def test_eight_vcpus_with_ioreqs_in_flight_at_once_are_all_completed_uncrossed(
-    host: Host, mmio_guest: Path
+    process_host: ProcessHost, mmio_guest: Path
 ) -> None:
     """Eight processes, one per vCPU, hammer their own word of the trapped DSM page at once."""
     rounds = 150
-    procs = [host.script_process(mmio_guest) for _ in range(8)]
+    procs = [script_process(mmio_guest) for _ in range(8)]
     for vcpu, proc in enumerate(procs):  # barrier: every vCPU attached and idle before the burst
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(script_text([{"read": DSM_PAGE + 0x800 + 8 * vcpu, "length": 8, "vcpu": vcpu}]))
@@ -302,14 +293,14 @@ def test_eight_vcpus_with_ioreqs_in_flight_at_once_are_all_completed_uncrossed(
         assert [r["data"] for r in run.results[1::2]] == [word(vcpu, i).hex() for i in range(rounds)]
 
 
-def test_dsm_calls_from_several_guest_processes_each_get_their_own_answer(host: Host, mmio_guest: Path) -> None:
+def test_dsm_calls_from_several_guest_processes_each_get_their_own_answer(process_host: ProcessHost, mmio_guest: Path) -> None:
     """Four processes interleave label writes and reads; the AML lock keeps each call whole."""
     rounds, size = 12, 96
 
     def block(proc: int, i: int) -> bytes:
         return bytes([proc * 16 + i % 16]) * (size // 2) + bytes([i, proc]) * (size // 4)
 
-    procs = [host.script_process(mmio_guest) for _ in range(4)]
+    procs = [script_process(mmio_guest) for _ in range(4)]
     scripts = []
     for p in range(4):
         lines: list[Any] = []
@@ -321,6 +312,6 @@ def test_dsm_calls_from_several_guest_processes_each_get_their_own_answer(host: 
         assert run.returncode == 0, run.stderr
         assert [r["status"] for r in run.results[0::2]] == [STATUS_OK] * rounds
         assert [payload(r) for r in run.results[1::2]] == [block(p, i) for i in range(rounds)]
-    final = host.run_script(mmio_guest, [label_read(0x4000, 4 * size)])
+    final = run_script(mmio_guest, [label_read(0x4000, 4 * size)])
     assert payload(final.results[0]) == b"".join(block(p, rounds - 1) for p in range(4))
 

@@ -37,7 +37,9 @@ from pmemd.dsm.root_layouts import (
     InjectStatusOutput,
 )
 from pmemd.dsm.smart import InjectSmartInput, SetThresholdInput, SmartBody, ThresholdOutput
-from tests.harness.e2e_host import TIMEOUT, Host
+from tests.harness.daemon import TIMEOUT
+from tests.harness.guest_script import script_process
+from tests.harness.host import ProcessHost
 
 KiB, MiB = 1 << 10, 1 << 20
 LABEL_SIZE = 128 * KiB
@@ -54,8 +56,8 @@ MAX_POLLS = 100_000  # ARS status polls before a scrub is declared stuck
 class GuestSession:
     """An interactive `pmemd guest`: one script line in, its answer out."""
 
-    def __init__(self, host: Host, config: Path) -> None:
-        self.proc = host.script_process(config)
+    def __init__(self, config: Path) -> None:
+        self.proc = script_process(config)
 
     def __call__(self, line: dict[str, Any]) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -133,29 +135,20 @@ def out(result: dict[str, Any]) -> bytes:
     return bytes.fromhex(result["out"])[4:]
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    host = Host(tmp_path_factory.mktemp("e2e-media")).start()
-    try:
-        yield host
-    finally:
-        host.close()
-
-
-def media_guest(host: Host, domid: int, *, scrub_rate: str = "1G") -> tuple[Path, int]:
+def media_guest(process_host: ProcessHost, domid: int, *, scrub_rate: str = "1G") -> tuple[Path, int]:
     """A guest with one labelled 2 MiB DIMM scrubbing at `scrub_rate`; returns (config, PMEM base)."""
-    path = host.guest_config(domid, nvdimms=[DIMM])
+    path = process_host.guest_config(domid, nvdimms=[DIMM])
     text = path.read_text().replace('[dsm]\n', f'[dsm]\nscrub_rate = "{scrub_rate}"\n', 1)
     path.write_text(text)
     return path, configmod.load(path).nvdimms[0].address
 
 
 @pytest.fixture
-def session(host: Host) -> Iterator[Any]:
+def session(process_host: ProcessHost) -> Iterator[Any]:
     sessions: list[GuestSession] = []
 
     def open_session(config: Path) -> GuestSession:
-        sessions.append(GuestSession(host, config))
+        sessions.append(GuestSession(config))
         return sessions[-1]
 
     yield open_session
@@ -166,9 +159,9 @@ def session(host: Host) -> Iterator[Any]:
 # -- ARS: the flow Linux drives ---------------------------------------------------------------
 
 
-def test_linux_ars_flow_pages_through_overflow_and_reports_exactly_the_injected_set(host: Host, session) -> None:
-    config, base = media_guest(host, 11, scrub_rate="2M")  # the whole DIMM scrubs in about a second
-    host.start_guest(config)
+def test_linux_ars_flow_pages_through_overflow_and_reports_exactly_the_injected_set(process_host: ProcessHost, session) -> None:
+    config, base = media_guest(process_host, 11, scrub_rate="2M")  # the whole DIMM scrubs in about a second
+    process_host.start_guest(config)
     guest = session(config)
     injected = [(base + i * 4 * KiB + 0x100, CLEAR_UNIT) for i in range(MAX_ARS_RECORDS + 2)]
     for address, length in injected:
@@ -195,9 +188,9 @@ def test_linux_ars_flow_pages_through_overflow_and_reports_exactly_the_injected_
     assert {r.handle for r in [*first.records, *rest.records]} == {1}
 
 
-def test_ars_outside_the_guests_spa_ranges_is_invalid_input(host: Host, session) -> None:
-    config, base = media_guest(host, 12)
-    host.start_guest(config)
+def test_ars_outside_the_guests_spa_ranges_is_invalid_input(process_host: ProcessHost, session) -> None:
+    config, base = media_guest(process_host, 12)
+    process_host.start_guest(config)
     guest = session(config)
     assert guest.ars_start(0x1000_0000, PMEM)["status"] == INVALID_INPUT  # guest RAM, not PMEM
     assert guest.ars_start(base + PMEM - 4 * KiB, 8 * KiB)["status"] == INVALID_INPUT  # runs off the end
@@ -208,9 +201,9 @@ def test_ars_outside_the_guests_spa_ranges_is_invalid_input(host: Host, session)
 # -- error injection ------------------------------------------------------------------------------
 
 
-def test_injection_round_trip_through_ars_clear_and_inject_clear(host: Host, session) -> None:
-    config, base = media_guest(host, 13)
-    host.start_guest(config)
+def test_injection_round_trip_through_ars_clear_and_inject_clear(process_host: ProcessHost, session) -> None:
+    config, base = media_guest(process_host, 13)
+    process_host.start_guest(config)
     guest = session(config)
     error = (base + 64 * KiB, CLEAR_UNIT)
     assert guest.inject(*error, options=1)["status"] == OK  # with the notify option
@@ -230,9 +223,9 @@ def test_injection_round_trip_through_ars_clear_and_inject_clear(host: Host, ses
     assert guest({"events": True}) == {"gpes": [], "notify": []}
 
 
-def test_poisoned_page_read_takes_a_machine_check_and_clearing_restores_the_data(host: Host, session) -> None:
-    config, base = media_guest(host, 14)
-    host.start_guest(config)
+def test_poisoned_page_read_takes_a_machine_check_and_clearing_restores_the_data(process_host: ProcessHost, session) -> None:
+    config, base = media_guest(process_host, 14)
+    process_host.start_guest(config)
     guest = session(config)
     page = base + 256 * KiB
     before = guest({"read": page, "length": 0x200})
@@ -256,9 +249,9 @@ ROOT_INPUTS = {1: 16, 2: 24, 3: 0, 4: 16, 5: 8, 7: 17, 8: 16, 9: 0}
 DIMM_INPUTS = {(1, 1): 0, (2, 1): 0, (10, 1): 1, (17, 2): 7, (18, 2): 15}
 
 
-def test_every_payload_shorter_or_longer_than_its_layout_is_invalid_input(host: Host, session) -> None:
-    config, base = media_guest(host, 15)
-    host.start_guest(config)
+def test_every_payload_shorter_or_longer_than_its_layout_is_invalid_input(process_host: ProcessHost, session) -> None:
+    config, base = media_guest(process_host, 15)
+    process_host.start_guest(config)
     guest = session(config)
     for function, size in ROOT_INPUTS.items():
         for length in {size - 1, size + 1} - {-1}:
@@ -274,9 +267,9 @@ def test_every_payload_shorter_or_longer_than_its_layout_is_invalid_input(host: 
 # -- SMART health -----------------------------------------------------------------------------------
 
 
-def test_smart_defaults_thresholds_and_injected_conditions_with_notify_on_trip(host: Host, session) -> None:
-    config, _ = media_guest(host, 16)
-    host.start_guest(config)
+def test_smart_defaults_thresholds_and_injected_conditions_with_notify_on_trip(process_host: ProcessHost, session) -> None:
+    config, _ = media_guest(process_host, 16)
+    process_host.start_guest(config)
     guest = session(config)
     smart = guest.smart()
     assert (smart.health, smart.spares, smart.life_used, smart.alarm_flags) == (0, 100, 0, 0)
@@ -309,9 +302,9 @@ def test_smart_defaults_thresholds_and_injected_conditions_with_notify_on_trip(h
 # -- state across daemon restarts ---------------------------------------------------------------------
 
 
-def test_health_and_poison_persist_and_a_kill_9_counts_a_dirty_shutdown(host: Host, session) -> None:
-    config, base = media_guest(host, 17)
-    daemon = host.start_guest(config)
+def test_health_and_poison_persist_and_a_kill_9_counts_a_dirty_shutdown(process_host: ProcessHost, session) -> None:
+    config, base = media_guest(process_host, 17)
+    daemon = process_host.start_guest(config)
     thresholds = {"alarm_control": 0b01, "spares": 30, "media_temperature": 55 * 16, "ctrl_temperature": 44 * 16}
     error = (base + 128 * KiB, CLEAR_UNIT)
     with_guest = session(config)
@@ -320,18 +313,18 @@ def test_health_and_poison_persist_and_a_kill_9_counts_a_dirty_shutdown(host: Ho
     with_guest.close()
 
     assert daemon.stop(signal.SIGTERM) == 0
-    daemon = host.start_daemon(config)
+    daemon = process_host.start_daemon(config)
     guest = session(config)
     assert dict(ThresholdOutput.parse(out(guest.dimm(2))).thresholds, _io=None) == {**thresholds, "_io": None}
     assert guest.scrub_records(base, PMEM, RETURN_PREVIOUS) == [error]
     assert (guest.smart().shutdown_state, guest.smart().shutdown_count) == (0, 0)
     assert guest({"read": error[0], "length": 8})["error"].startswith("machine check")  # poison republished
 
-    assert host.sim_log is not None
-    mark = host.sim_log.mark()
+    assert process_host.sim_log is not None
+    mark = process_host.sim_log.mark()
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
-    host.wait_server_destroyed(17, mark)
-    host.start_daemon(config)
+    process_host.wait_server_destroyed(17, mark)
+    process_host.start_daemon(config)
     smart = guest.smart()
     assert (smart.shutdown_state, smart.shutdown_count) == (1, 1)
     assert dict(ThresholdOutput.parse(out(guest.dimm(2))).thresholds, _io=None) == {**thresholds, "_io": None}

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,6 +28,9 @@ from pmemd.sim.hv_pmem import PmemRegion
 from pmemd.storage import BackingRefused, FrameRefused, LayoutMoved, LockHeld, record_layout
 from pmemd.storage.testing import fiemap_unsupported, make_fragmented, page_stamp
 from pmemd.xen.errors import HypervisorError
+from tests.harness.config import guest_config, write_toml
+from tests.harness.daemon import run_cli
+from tests.harness.guest_script import run_script_async
 
 P = 4096
 MiB = 1 << 20
@@ -50,16 +52,12 @@ def fs(tmp_path: Path) -> Path:
 def write_config(directory: Path, sim_path: Path, *, domid: int = 1, reserved: tuple[int, int] | None = None,
                  size: int = PAGES * P, host: bool = True) -> Path:
     """A guest with one NVDIMM on `nv.img`, its config file in `directory`."""
-    lines = [f"domid = {domid}", "[guest]", 'lowmem = "16M"', "[xen]", f'hypervisor = "{sim_path}"',
-             "[qmp]", f'socket = "{directory}/qmp-{domid}"']
+    sections = {}
     if host:
-        lines += ["[host]", f"spa_base = {SPA:#x}", f"data = [{DATA[0]:#x}, {DATA[1]:#x}]"]
-        if reserved:
-            lines.append(f"reserved = [{reserved[0]:#x}, {reserved[1]:#x}]")
-    lines += ["[[nvdimm]]", 'backing = "nv.img"', f"size = {size}", 'label_size = "128K"']
-    path = directory / f"guest-{domid}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        sections["host"] = {"spa_base": SPA, "data": list(DATA), **({"reserved": list(reserved)} if reserved else {})}
+    dimm = {"backing": "nv.img", "size": size, "label_size": "128K"}  # the test creates nv.img, beside the config
+    raw = guest_config(domid, sim_path, lowmem="16M", qmp=f"{directory}/qmp-{domid}", nvdimms=[dimm], **sections)
+    return write_toml(directory / f"guest-{domid}.toml", raw)
 
 
 def host_region(sim, backing: Path) -> None:
@@ -148,11 +146,9 @@ async def test_pmemd_guest_reads_and_writes_nvdimm_addresses_in_the_backing_file
     (nvdimm,) = config.nvdimms
     script = [{"read": nvdimm.address + 1234 * P + 8, "length": 40},
               {"write": nvdimm.address + 77 * P + 4, "data": "c0ffee00deadbeef11"}]
-    proc = await trio.run_process(
-        [sys.executable, "-m", "pmemd.cli", "guest", "--config", str(config.source), "-"],
-        stdin="".join(json.dumps(line) + "\n" for line in script).encode(), capture_stdout=True, check=True,
-    )
-    read, wrote = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    run = await run_script_async(config.source, script)
+    assert run.returncode == 0, run.stderr
+    read, wrote = run.results
     assert bytes.fromhex(read["data"]) == page_stamp(salt, 1234)[8:48]
     assert wrote == {"ok": True}
     with backing.open("rb") as f:
@@ -223,8 +219,8 @@ async def test_a_sparse_file_is_refused_then_accepted_after_pmemd_prepare(fs: Pa
     assert isinstance(error, BackingRefused)
     assert f"{backing} at file offset 0x0: hole of {PAGES * P:#x} bytes" in str(error)
     assert "run `pmemd prepare`" in str(error)
-    proc = await trio.run_process([sys.executable, "-m", "pmemd.cli", "prepare", "--config", str(path)],
-                                  capture_stdout=True, check=True)
+    proc = await run_cli("prepare", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert (report["nvdimm"], report["size"], report["zeroed"], report["recorded"]) == (0, PAGES * P, PAGES * P, True)
     async with daemon(configmod.load(path), sim) as guest:
@@ -279,9 +275,6 @@ async def test_without_a_host_section_nothing_is_mapped(fs: Path, sim) -> None:
 
 async def test_pmemd_prepare_fails_naming_the_nvdimm_when_a_file_is_too_large(fs: Path, sim) -> None:
     (fs / "nv.img").write_bytes(bytes(PAGES * P + P))
-    proc = await trio.run_process(
-        [sys.executable, "-m", "pmemd.cli", "prepare", "--config", str(write_config(fs, sim.path))],
-        capture_stdout=True, capture_stderr=True, check=False,
-    )
+    proc = await run_cli("prepare", "--config", str(write_config(fs, sim.path)))
     assert proc.returncode == 1
     assert "nvdimm[0]:" in proc.stderr.decode() and "refusing to truncate" in proc.stderr.decode()

@@ -19,7 +19,7 @@ from pmemd.sim.hypervisor import Hypervisor
 from pmemd.xenstore import open_client
 from pmemd.xenstored.store import RELEASE_DOMAIN, Store
 from tests.harness.acpica import decompile
-from tests.harness.xs_host import GUEST, Host, host  # noqa: F401 - fixture
+from tests.harness.host import GUEST, Host
 
 ROOT = dm_acpi_path(GUEST)
 ADDRESS = 0x3FF0000

@@ -18,7 +18,9 @@ from pmemd.daemon.guest import Guest
 from pmemd.daemon.serve import serve_guest
 from pmemd.daemon.steps import STEPS
 from pmemd.process.pidfile import is_locked
-from tests.harness.daemon_process import MiB, run_cli, start_daemon, write_config
+from tests.harness.config import MiB, write_config
+from tests.harness.daemon import run_cli, start_daemon
+from tests.harness.guest_script import run_script_async
 
 DOMID = 9
 
@@ -35,7 +37,7 @@ def servers(sim) -> list[int]:
 
 async def test_sigterm_after_ready_exits_0_and_leaves_nothing_behind(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
         await daemon.ready()
         assert len(servers(sim)) == 1
         assert sim.hv.bindings, "per-vCPU event channels are bound while running"
@@ -44,12 +46,12 @@ async def test_sigterm_after_ready_exits_0_and_leaves_nothing_behind(sim, guest_
         assert servers(sim) == []
         assert not sim.hv.bindings
         assert not pid_path.exists()
-        events = daemon.events()
+        events = daemon.log.events()
         assert events.index("running") < events.index("shutting down") < events.index("ioreq server torn down")
 
 
 async def test_the_guest_is_served_between_ready_and_sigterm(sim, guest_config, tmp_path):
-    async with start_daemon(tmp_path, "--config", str(guest_config)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config)) as daemon:
         await daemon.ready()
         sim.hv.domains[DOMID].unpause()
         result = await run_cli("guest", "--config", str(guest_config), "-", stdin=b'{"dimm": 0, "function": 4}\n')
@@ -60,7 +62,7 @@ async def test_the_guest_is_served_between_ready_and_sigterm(sim, guest_config, 
 
 async def test_pidfile_is_0600_holds_the_pid_and_stays_locked_while_running(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
         await daemon.ready()
         assert stat.S_IMODE(pid_path.stat().st_mode) == 0o600
         assert pid_path.read_text() == f"{daemon.pid}\n"
@@ -72,7 +74,7 @@ async def test_pidfile_is_0600_holds_the_pid_and_stays_locked_while_running(sim,
 
 async def test_a_second_daemon_on_a_held_pidfile_exits_1_with_one_line(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as first:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as first:
         await first.ready()
         second = await run_cli("run", "--config", str(guest_config), "--pidfile", str(pid_path))
         assert second.returncode == 1
@@ -84,12 +86,24 @@ async def test_a_second_daemon_on_a_held_pidfile_exits_1_with_one_line(sim, gues
 
 async def test_destroying_the_domain_makes_the_daemon_tear_down_and_exit_0(sim, guest_config, tmp_path):
     pid_path = tmp_path / "pmemd.pid"
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--pidfile", str(pid_path)) as daemon:
         await daemon.ready()
         sim.hv.destroy_domain(sim.hv.domains[DOMID])
         assert await daemon.wait() == 0
-        assert "domain gone: tearing down" in daemon.events()
+        assert "domain gone: tearing down" in daemon.log.events()
         assert not pid_path.exists()
+
+
+async def test_a_domain_destroyed_while_it_is_being_served_is_noticed(sim, guest_config, tmp_path):
+    """With an embedded xenstored no toolstack fires @releaseDomain: the daemon must poll."""
+    with start_daemon(tmp_path, "--config", str(guest_config)) as daemon:
+        await daemon.ready()
+        sim.hv.domains[DOMID].unpause()
+        served = await run_script_async(guest_config, [{"dimm": 0, "function": 4}])  # long past its set-up
+        assert served.results[0]["status"] == 0
+        sim.hv.destroy_domain(sim.hv.domains[DOMID])
+        assert await daemon.wait() == 0
+        assert "domain gone: tearing down" in daemon.log.events()
 
 
 async def test_a_failing_setup_exits_1_with_one_line_and_leaves_nothing(sim, guest_config, tmp_path):
@@ -178,16 +192,14 @@ def status_queries(address: int) -> list[dict]:
 
 
 async def guest_calls(config: Path, script: list[dict]) -> list[dict]:
-    text = "".join(json.dumps(line) + "\n" for line in script).encode()
-    result = await run_cli("guest", "--config", str(config), "-", stdin=text)
-    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+    return (await run_script_async(config, script)).results
 
 
 async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_config, tmp_path):
     pytest.importorskip("pmemd.daemon.savefile")
     saved = tmp_path / "state.sav"
     address = configmod.load(guest_config).nvdimms[0].address
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--save", str(saved), name="first") as first:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--save", str(saved), name="first") as first:
         await first.ready()
         sim.hv.domains[DOMID].unpause()
         (injected,) = await guest_calls(guest_config, inject_script(address))
@@ -195,9 +207,9 @@ async def test_save_then_resume_gives_the_guest_the_same_answers(sim, guest_conf
         before = await guest_calls(guest_config, status_queries(address))
         first.terminate()
         assert await first.wait() == 0
-    assert "device state saved" in first.events()
+    assert "device state saved" in first.log.events()
     assert saved.stat().st_size > 0
-    async with start_daemon(tmp_path, "--config", str(guest_config), "--resume", str(saved), name="second") as second:
+    with start_daemon(tmp_path, "--config", str(guest_config), "--resume", str(saved), name="second") as second:
         await second.ready()
         after = await guest_calls(guest_config, status_queries(address))
         second.terminate()

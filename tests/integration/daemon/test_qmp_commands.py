@@ -17,7 +17,8 @@ from pmemd.daemon.serve import serve_guest
 from pmemd.dsm.firmware_image import build_image
 from pmemd.qmp.registry import COMMANDS
 from pmemd.sim.guest_driver import Guest as GuestDriver
-from tests.harness.qmp_harness import MiB, connect, write_guest_config
+from tests.harness.config import MiB, write_config
+from tests.harness.qmp import connect
 
 DOMID = 12
 
@@ -25,7 +26,7 @@ DOMID = 12
 @pytest.fixture
 async def guest_config(sim, tmp_path) -> configmod.Config:
     await sim.create_domain(DOMID, vcpus=2, lowmem=64 * MiB, unpause=False)
-    return configmod.load(write_guest_config(tmp_path, sim.path, domid=DOMID))
+    return configmod.load(write_config(tmp_path, sim.path, domid=DOMID, nvdimms=2))
 
 
 @pytest.fixture
@@ -274,7 +275,7 @@ async def test_a_notify_queued_by_a_command_reaches_the_guest_before_its_next_ca
         sim, tmp_path, nursery, command, arguments, notify):
     domid = DOMID + 1
     await sim.create_domain(domid, vcpus=2, lowmem=64 * MiB)
-    config = configmod.load(write_guest_config(tmp_path, sim.path, domid=domid))
+    config = configmod.load(write_config(tmp_path, sim.path, domid=domid, nvdimms=2))
     await nursery.start(serve_guest, config, str(sim.path))
     if arguments.get("address") == "nvdimm0":
         arguments = {**arguments, "address": config.nvdimms[0].address}

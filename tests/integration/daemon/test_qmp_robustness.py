@@ -13,7 +13,8 @@ from pmemd import config as configmod
 from pmemd.daemon.serve import serve_guest
 from pmemd.qmp.protocol import MAX_MESSAGE
 from pmemd.qmp.server import MAX_CLIENTS, OUTBOX
-from tests.harness.qmp_harness import MiB, connect, write_guest_config
+from tests.harness.config import MiB, write_config
+from tests.harness.qmp import connect
 
 DOMID = 13
 
@@ -46,7 +47,7 @@ class RawClient:
 @pytest.fixture
 async def guest(sim, tmp_path, nursery):
     await sim.create_domain(DOMID, vcpus=1, lowmem=64 * MiB, unpause=False)
-    cfg = configmod.load(write_guest_config(tmp_path, sim.path, domid=DOMID, nvdimms=1))
+    cfg = configmod.load(write_config(tmp_path, sim.path, domid=DOMID, nvdimms=1))
     return await nursery.start(serve_guest, cfg, str(sim.path))
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -22,7 +20,9 @@ from pmemd.dsm.devices import slot_to_handle
 from pmemd.dsm.inject import inject_error
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.root_layouts import ARS_TYPE_PERSISTENT
-from tests.harness.qmp_harness import MiB, connect, write_guest_config
+from tests.harness.config import MiB, write_config
+from tests.harness.guest_script import run_script_async
+from tests.harness.qmp import connect
 
 
 class Clock:
@@ -42,7 +42,7 @@ def devices(cfg: configmod.Config, clock: Clock | None = None):
 
 @pytest.fixture
 def cfg(tmp_path) -> configmod.Config:
-    return configmod.load(write_guest_config(tmp_path, tmp_path / "hv.sock", domid=5))
+    return configmod.load(write_config(tmp_path, tmp_path / "hv.sock", domid=5, nvdimms=2))
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_a_record_length_past_the_end_is_refused(cfg):
 
 def test_a_file_for_other_nvdimms_is_refused(tmp_path, state):
     (tmp_path / "other").mkdir()
-    other = configmod.load(write_guest_config(tmp_path / "other", tmp_path / "hv.sock", domid=5, nvdimms=1))
+    other = configmod.load(write_config(tmp_path / "other", tmp_path / "hv.sock", domid=5, nvdimms=1))
     with pytest.raises(SaveFileError, match="written for other NVDIMMs"):
         savefile.parse(state[2], other)
 
@@ -196,20 +196,18 @@ QUERIES = [("pmemd-query-poison", None), ("pmemd-query-health", None), ("pmemd-q
            ("pmemd-query-labels", None), ("query-memory-devices", None)]
 
 
-def guest_script(cfg: configmod.Config) -> bytes:
+def guest_script(cfg: configmod.Config) -> list[dict]:
     """Every read-only _DSM query: ARS status and inject status on the root; SMART, thresholds, label size per DIMM."""
     calls = [{"dimm": None, "function": 3}, {"dimm": None, "function": 9}]
     for d in cfg.nvdimms:
         calls += [{"dimm": d.slot, "function": f} for f in (1, 2, 4)]
-    return "".join(json.dumps({**c, "revision": 1}) + "\n" for c in calls).encode()
+    return [{**c, "revision": 1} for c in calls]
 
 
 async def guest_answers(config_path: Path, cfg: configmod.Config, hv: Path) -> list[dict]:
-    proc = await trio.run_process(
-        [sys.executable, "-m", "pmemd.cli", "guest", "--config", str(config_path), "--hypervisor", str(hv), "-"],
-        stdin=guest_script(cfg), capture_stdout=True, check=True,
-    )
-    return [{k: v for k, v in json.loads(line).items() if k != "ioreqs"} for line in proc.stdout.decode().splitlines()]
+    run = await run_script_async(config_path, guest_script(cfg), "--hypervisor", str(hv))
+    assert run.returncode == 0, run.stderr
+    return [{k: v for k, v in answer.items() if k != "ioreqs"} for answer in run.results]
 
 
 async def answers(qmp, config_path, cfg, hv) -> tuple[list, list]:
@@ -218,7 +216,7 @@ async def answers(qmp, config_path, cfg, hv) -> tuple[list, list]:
 
 async def test_save_quit_restart_and_load_gives_the_same_answer_to_every_query(sim, tmp_path):
     await sim.create_domain(DOMID, vcpus=2, lowmem=64 * MiB, unpause=True)
-    config_path = write_guest_config(tmp_path, sim.path, domid=DOMID)
+    config_path = write_config(tmp_path, sim.path, domid=DOMID, nvdimms=2)
     cfg = configmod.load(config_path)
     saved = tmp_path / "devices.state"
     base = cfg.nvdimms[1].address
@@ -254,7 +252,7 @@ async def test_save_quit_restart_and_load_gives_the_same_answer_to_every_query(s
 
 async def test_loading_a_bad_file_over_qmp_is_a_clear_error_and_keeps_the_state(sim, tmp_path):
     await sim.create_domain(DOMID, vcpus=1, lowmem=64 * MiB, unpause=False)
-    cfg = configmod.load(write_guest_config(tmp_path, sim.path, domid=DOMID))
+    cfg = configmod.load(write_config(tmp_path, sim.path, domid=DOMID, nvdimms=2))
     bad = tmp_path / "future.state"
     bad.write_bytes(with_crc(b"PMEMDSAV" + struct.pack("<HHI", 99, 0, 0)))
     async with trio.open_nursery() as nursery:

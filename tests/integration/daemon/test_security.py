@@ -17,19 +17,20 @@ from pmemd.dsm.security import Security
 from pmemd.dsm.security import SecurityStatus as S
 from pmemd.dsm.state_blob import StateFormatError
 from pmemd.sim.guest_driver import Guest as GuestDriver
-from tests.harness.qmp_harness import MiB, connect, write_guest_config
-from tests.harness.xs_host import leaf
+from tests.harness.config import MiB, write_config
+from tests.harness.host import leaf
+from tests.harness.qmp import connect
 
 DOMID = 14
 P1, P2 = b"\x5a" * 32, b"\xa5" * 32
 ZERO = bytes(32)
-PMEM, LABELS = 4 * MiB, 2 * MiB  # write_guest_config's DIMMs: 6 MiB files, 2 MiB labels
+PMEM, LABELS = 4 * MiB, 2 * MiB  # write_config's DIMMs: 6 MiB files, 2 MiB labels
 
 
 @pytest.fixture
 async def config(sim, tmp_path) -> configmod.Config:
     await sim.create_domain(DOMID, vcpus=2, lowmem=64 * MiB)
-    cfg = configmod.load(write_guest_config(tmp_path, sim.path, domid=DOMID))
+    cfg = configmod.load(write_config(tmp_path, sim.path, domid=DOMID, nvdimms=2))
     for nvdimm in cfg.nvdimms:
         with open(nvdimm.backing, "r+b") as f:
             f.write(b"\xee" * (PMEM + LABELS))

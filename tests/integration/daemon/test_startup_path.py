@@ -21,7 +21,7 @@ from pmemd.process.startup import _Deferred, defer_unused_stdlib
 from pmemd.qmp.early import EarlyQmp, greeting_bytes, qmp_path_from_argv
 from pmemd.qmp.protocol import Connection
 from pmemd.qmp.vm_commands import version_info
-from tests.harness.qmp_harness import MiB, write_guest_config
+from tests.harness.config import MiB, write_config
 
 DOMID = 21
 
@@ -88,7 +88,7 @@ def test_a_deferred_module_imports_on_first_use() -> None:
 
 async def test_a_client_greeted_before_the_daemon_is_up_negotiates_with_the_full_server(sim, tmp_path, nursery):
     await sim.create_domain(DOMID, vcpus=2, lowmem=64 * MiB, unpause=False)
-    config = configmod.load(write_guest_config(tmp_path, sim.path, domid=DOMID))
+    config = configmod.load(write_config(tmp_path, sim.path, domid=DOMID, nvdimms=2))
     early = EarlyQmp.bind(config.qmp_socket)
     assert early is not None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
@@ -108,7 +108,7 @@ async def test_a_daemon_failing_after_its_greeting_closes_the_connection_and_rem
     """The hypervisor here is a socket the test holds: the daemon waits on it in its first
     step, is greeted meanwhile, then fails when the test hangs up."""
     hv_path = tmp_path / "hv.sock"
-    config_path = write_guest_config(tmp_path, hv_path, domid=DOMID)
+    config_path = write_config(tmp_path, hv_path, domid=DOMID, nvdimms=2)
     qmp_path = tmp_path / "qmp.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hv:
         hv.bind(str(hv_path))

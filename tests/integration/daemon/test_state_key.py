@@ -15,7 +15,8 @@ from pmemd.daemon import steps as daemon
 from pmemd.daemon.dmacpi import Buffer, DmAcpiError, dm_acpi_path
 from pmemd.daemon.state_key import error_code_path, state_dir, state_key_path, wait_state
 from pmemd.xenstore import Access, AccessDeniedError, NoEntryError, Perm
-from tests.harness.xs_host import GUEST, Daemon, Host, host, require_xenstore_tools, tool, tool_env  # noqa: F401 - fixture
+from tests.harness.host import GUEST, Host, InProcessDaemon
+from tests.harness.xenstore_tools import require_xenstore_tools, tool, tool_env
 
 STATE = state_key_path(GUEST)
 ERROR_CODE = error_code_path(GUEST)
@@ -52,7 +53,7 @@ async def test_state_is_initialising_while_steps_are_still_being_set_up(
     index = [name for name, _ in serve.STEPS].index("ioreq-server")
     # serve_guest walks the list it imported, so that is the one to patch.
     monkeypatch.setattr(serve, "STEPS", [*serve.STEPS[:index], ("slow", slow_step), *serve.STEPS[index:]])
-    started: list[Daemon] = []
+    started: list[InProcessDaemon] = []
 
     async def start() -> None:
         started.append(await host.start_daemon(cfg))

@@ -10,7 +10,7 @@ from pmemd.daemon.dmacpi import PAGE_SIZE, dm_acpi_path, standard_blobs
 from pmemd.daemon.state_key import guest_read_only
 from pmemd.daemon.tables import build_tables
 from pmemd.toolstack import ToolstackError, destroy_domain_keys, dm_acpi_size, reserve_dm_acpi
-from tests.harness.xs_host import GUEST, Host, host  # noqa: F401 - fixture
+from tests.harness.host import GUEST, Host
 
 ROOT = dm_acpi_path(GUEST)
 

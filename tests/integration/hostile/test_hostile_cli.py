@@ -6,20 +6,20 @@ A bad value is one line on stderr naming the field and exit 1; a bad guest-scrip
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import trio
 
-from tests.harness.qmp_harness import write_guest_config
+from tests.harness.config import write_config
+from tests.harness.guest_script import run_script_async
 
 PMEMD = [sys.executable, "-m", "pmemd.cli"]
 
 
-def write_config(tmp_path: Path, nvdimm_extra: str) -> Path:
+def write_hostile_config(tmp_path: Path, nvdimm_extra: str) -> Path:
+    """A config with raw TOML text in its [[nvdimm]] table: the hostile value is the test's input."""
     backing = tmp_path / "nv0.img"
     backing.write_bytes(b"")
     path = tmp_path / "guest.toml"
@@ -29,7 +29,7 @@ def write_config(tmp_path: Path, nvdimm_extra: str) -> Path:
 
 @pytest.mark.parametrize("family", ["[]", "{}", "[\"intel\"]", "1"])
 def test_a_family_that_is_not_a_string_is_a_config_error_naming_the_field(tmp_path: Path, family: str) -> None:
-    cfg = write_config(tmp_path, f"family = {family}")
+    cfg = write_hostile_config(tmp_path, f"family = {family}")
     proc = subprocess.run([*PMEMD, "acpi", "--config", str(cfg), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
@@ -47,11 +47,9 @@ HOSTILE_LINES = [
 
 async def test_guest_script_lines_past_the_address_space_are_errors_and_the_script_goes_on(sim_process, tmp_path: Path) -> None:
     await sim_process.create_domain(GUEST_DOMID, lowmem=64 << 20)
-    cfg = write_guest_config(tmp_path, sim_process.path, domid=GUEST_DOMID, nvdimms=1)
-    script = "".join(json.dumps(line) + "\n" for line in [*HOSTILE_LINES, {"read": 0x1000, "length": 4}])
-    proc = await trio.run_process([*PMEMD, "guest", "--config", str(cfg), "-"], stdin=script.encode(),
-                                  capture_stdout=True, capture_stderr=True, check=False)
-    results = [json.loads(line) for line in proc.stdout.decode().splitlines()]
-    assert proc.returncode == 0, proc.stderr.decode()
+    cfg = write_config(tmp_path, sim_process.path, domid=GUEST_DOMID, nvdimms=1)
+    run = await run_script_async(cfg, [*HOSTILE_LINES, {"read": 0x1000, "length": 4}])
+    results = run.results
+    assert run.returncode == 0, run.stderr
     assert [("error" in r and "address space" in r["error"]) for r in results[:-1]] == [True] * len(HOSTILE_LINES)
     assert results[-1] == {"data": "00000000"}

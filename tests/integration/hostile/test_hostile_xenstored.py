@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 import trio
 
 from pmemd.xenstore.wire import Message, MessageReader, MsgType, NeedData, Perm, decode_error
-from tests.harness.xs_host import host  # noqa: F401  (fixture)
 
 HOSTILE_DOMID = 7
 LONG_TOKEN = "t" * 4089

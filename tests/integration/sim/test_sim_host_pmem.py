@@ -4,14 +4,13 @@ and `pmemd sim --host-pmem` loading a region file."""
 from __future__ import annotations
 
 import errno
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
 from pmemd.xen.errors import HypervisorError
+from tests.harness.daemon import start_sim
 
 MiB = 1 << 20
 P = 4096
@@ -48,16 +47,7 @@ async def test_pmemd_sim_loads_its_host_pmem_file(tmp_path: Path) -> None:
     host = tmp_path / "host.toml"
     host.write_text(f'[[region]]\ndevice = "sim0"\nspa_base = {SPA}\ndata = [{SPA}, {SPA + MiB}]\n')
     sock = tmp_path / "hv.sock"
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "pmemd.cli", "sim", "--socket", str(sock), "--host-pmem", str(host)],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        buf = b""
-        while b"ready\n" not in buf:
-            chunk = await proc.stdout.receive_some()
-            assert chunk, "pmemd sim exited before it was ready"
-            buf += chunk
+    with start_sim("--socket", str(sock), "--host-pmem", str(host)):
 
         def regions() -> list[dict]:
             client = SyncClient(str(sock))
@@ -67,6 +57,3 @@ async def test_pmemd_sim_loads_its_host_pmem_file(tmp_path: Path) -> None:
                 client.close()
 
         assert [r["device"] for r in await trio.to_thread.run_sync(regions)] == ["sim0"]
-    finally:
-        proc.terminate()
-        await proc.wait()

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,11 +19,12 @@ from pmemd.daemon.dmacpi import dm_acpi_path
 from pmemd.daemon.state_key import state_dir, state_key_path, wait_state
 from pmemd.xenstore import open_client
 from tests.harness.acpica import decompile
-from tests.harness.xs_host import require_xenstore_tools, tool
+from tests.harness.config import guest_config, nvdimm, write_toml
+from tests.harness.daemon import run_cli, start_daemon, start_sim
+from tests.harness.xenstore_tools import require_xenstore_tools, tool
 
 DOMID = 9
 NVDIMMS = 3
-PMEMD = [sys.executable, "-m", "pmemd.cli"]
 
 
 @dataclass
@@ -40,53 +38,29 @@ class Setup:
 
 
 async def pmemd(*argv: str) -> dict:
-    with trio.fail_after(30):
-        result = await trio.run_process([*PMEMD, *argv], capture_stdout=True, capture_stderr=True, check=False)
+    result = await run_cli(*argv)
     assert result.returncode == 0, result.stderr.decode()
     return json.loads(result.stdout.decode().splitlines()[-1])
-
-
-async def wait_ready(proc: trio.Process) -> None:
-    assert proc.stdout is not None
-    buf = b""
-    with trio.fail_after(30):
-        while b"ready\n" not in buf:
-            chunk = await proc.stdout.receive_some()
-            assert chunk, "pmemd sim exited before it was ready"
-            buf += chunk
 
 
 @pytest.fixture
 async def setup() -> AsyncIterator[Setup]:
     directory = Path(tempfile.mkdtemp(prefix="pe", dir="/tmp"))
-    lines = [f"domid = {DOMID}", "[guest]", 'lowmem = "64M"', "[xen]", f'hypervisor = "{directory}/hv"',
-             f'xenstore = "{directory}/xs"', "[qmp]", f'socket = "{directory}/qmp"']
-    for slot in range(NVDIMMS):
-        (directory / f"nv{slot}.img").write_bytes(b"")
-        with open(directory / f"nv{slot}.img", "r+b") as f:
-            f.truncate(4 << 20)
-        lines += ["[[nvdimm]]", f'backing = "{directory}/nv{slot}.img"', 'size = "4M"', f"slot = {slot}"]
-    (directory / "guest.toml").write_text("\n".join(lines) + "\n")
-    sim = await trio.lowlevel.open_process(
-        [*PMEMD, "sim", "--socket", str(directory / "hv"), "--xenstore", str(directory / "xs"),
-         "--acpi-out", str(directory / "acpi")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    dimms = [nvdimm(directory / f"nv{slot}.img", "4M", slot=slot) for slot in range(NVDIMMS)]
+    raw = guest_config(DOMID, directory / "hv", xenstore=directory / "xs", qmp=directory / "qmp", nvdimms=dimms)
+    write_toml(directory / "guest.toml", raw)
     try:
-        await wait_ready(sim)
-        yield Setup(directory, directory / "guest.toml")
+        with start_sim("--socket", str(directory / "hv"), "--xenstore", str(directory / "xs"),
+                       "--acpi-out", str(directory / "acpi")):
+            yield Setup(directory, directory / "guest.toml")
     finally:
-        sim.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            await sim.wait()
-        sim.kill()
         shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_the_guest_boots_with_the_configured_nvdimms(setup: Setup) -> None:
     require_xenstore_tools()
     created = await pmemd("domain", "create", "--config", str(setup.config))
-    daemon = await trio.lowlevel.open_process(
-        [*PMEMD, "run", "--config", str(setup.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    with start_daemon(setup.dir, "--config", str(setup.config)) as daemon:
         async with open_client(setup.xs) as xs:
             with trio.fail_after(30):
                 assert await wait_state(xs, DOMID) == "running"
@@ -111,9 +85,6 @@ async def test_the_guest_boots_with_the_configured_nvdimms(setup: Setup) -> None
             assert sum(s.header.type == TYPE_SPA for s in structures) == NVDIMMS
             assert [f"Device (NV{slot:02X})" in ssdt_dsl for slot in range(NVDIMMS)] == [True] * NVDIMMS
 
-            daemon.send_signal(signal.SIGTERM)
-            with trio.fail_after(30):
-                assert await daemon.wait() == 0
+            daemon.terminate()
+            assert await daemon.wait() == 0
             assert not await xs.exists(state_dir(DOMID))
-    finally:
-        daemon.kill()

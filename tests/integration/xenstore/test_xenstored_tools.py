@@ -7,8 +7,6 @@ and our trio client see exactly the same tree.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -20,15 +18,13 @@ import trio
 
 from pmemd.xenstore import Access, NoEntryError, Perm, XenstoreClient, open_client
 from pmemd.xenstored.server import Store, serve_xenstored
+from tests.harness import xenstore_tools
+from tests.harness.xenstore_tools import missing_xenstore_tools, tool_env
 
 GUEST = 5
-TOOLS = ("xenstore-read", "xenstore-write", "xenstore-ls", "xenstore-chmod", "xenstore-rm",
-         "xenstore-watch", "xenstore-list")
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in TOOLS),
-    reason="Debian xenstore-utils not installed (./dev test installs it)",
-)
+pytestmark = pytest.mark.skipif(bool(missing_xenstore_tools()),
+                                reason="Debian xenstore-utils not installed (./dev test installs it)")
 
 
 @pytest.fixture
@@ -55,12 +51,9 @@ async def xs(store: Store, sock_dir: Path) -> AsyncIterator[XenstoreClient]:
         yield client
 
 
-async def tool(sock_dir: Path, *argv: str, socket: str = "dom0",
-               check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "XENSTORED_PATH": str(sock_dir / socket)}
-    with trio.fail_after(10):
-        return await trio.run_process(
-            list(argv), env=env, capture_stdout=True, capture_stderr=True, check=check)
+async def tool(sock_dir: Path, *argv: str, socket: str = "dom0", check: bool = True) -> trio.Process:
+    """One tool against the socket called `socket` in `sock_dir`."""
+    return await xenstore_tools.tool(str(sock_dir / socket), *argv, check=check)
 
 
 async def test_xenstore_read_sees_what_the_client_wrote(xs: XenstoreClient, sock_dir: Path) -> None:
@@ -120,7 +113,7 @@ async def test_xenstore_read_of_a_missing_node_fails(sock_dir: Path, store: Stor
 
 
 async def test_xenstore_watch_reports_a_client_write(xs: XenstoreClient, sock_dir: Path) -> None:
-    env = {**os.environ, "XENSTORED_PATH": str(sock_dir / "dom0")}
+    env = tool_env(str(sock_dir / "dom0"))
     received = b""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

@@ -14,36 +14,8 @@ import pytest
 
 from pmemd import config
 from pmemd.config import ConfigError, GiB, KiB, MiB
+from tests.harness.config import base, rejects, with_dimms
 from tests.harness.paths import CONFIGS
-
-
-def base() -> dict[str, Any]:
-    """A valid guest: 1 GiB low RAM, 1 GiB high RAM, one 1 GiB DIMM with 2 MiB of labels."""
-    return {
-        "domid": 7,
-        "guest": {"lowmem": "1G", "highmem": "1G", "vcpus": 2},
-        "dsm": {"mode": "mmio"},
-        "nvdimm": [{"backing": "/tmp/nv0.img", "size": "1026M", "label_size": "2M"}],
-    }
-
-
-def with_dimms(*dimms: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """`base()` with the given DIMM tables and top-level sections replaced."""
-    raw = base()
-    raw["nvdimm"] = [{"backing": f"/tmp/nv{i}.img", "size": "1G", **d} for i, d in enumerate(dimms)]
-    raw.update(sections)
-    return raw
-
-
-def rejects(raw: dict[str, Any], field: str, phrase: str) -> ConfigError:
-    """Assert `raw` is refused for `field` with a rule containing `phrase`."""
-    with pytest.raises(ConfigError) as info:
-        config.from_mapping(raw)
-    err = info.value
-    assert err.field == field, str(err)
-    assert phrase in err.rule, str(err)
-    assert str(err) == f"{field}: {err.rule}"
-    return err
 
 
 def test_base_config_is_valid() -> None:

@@ -14,7 +14,7 @@ from acpi.layout import (
 from acpi.nfit import TYPE_MEMDEV, TYPE_SPA, build_nfit, parse_nfit
 from pmemd import config
 from pmemd.daemon.tables import build_tables, dimms
-from tests.unit.config.test_config import rejects, with_dimms
+from tests.harness.config import rejects, with_dimms
 
 
 def memdev_flags(raw: dict) -> int:

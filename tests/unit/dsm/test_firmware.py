@@ -32,7 +32,7 @@ from pmemd.dsm.firmware_functions import BusActivateInfo, DimmActivateInfo, FwIn
 from pmemd.dsm.firmware_image import HEADER_SIZE, ImageRejected, build_image, verify_image
 from pmemd.dsm.page import encode_request
 from pmemd.dsm.state_blob import StateFormatError
-from tests.unit.dsm.test_ars import Guest, guest
+from tests.harness.dsm import Guest, guest
 
 DIMM, OTHER = 1, 2  # slots 0 and 1, both Intel
 NEW = 0x0000_0002_0000_0007

@@ -15,7 +15,7 @@ from pmemd.dsm.health import Health, HealthBodyV1, encode_temperature, temperatu
 from pmemd.dsm.page import encode_request
 from pmemd.dsm.smart import SMART_VALID, InjectSmartInput, SmartBody, ThresholdOutput
 from pmemd.dsm.state_blob import StateFormatError, wrap
-from tests.unit.dsm.test_ars import Guest, guest
+from tests.harness.dsm import Guest, guest
 
 DIMM = 1  # slot 0
 

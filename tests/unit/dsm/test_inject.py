@@ -16,7 +16,7 @@ from pmemd.dsm.notify import drain_notifies
 from pmemd.dsm.page import encode_request
 from pmemd.dsm.poison import PoisonLimitError
 from pmemd.dsm.root_layouts import ARS_START_BUSY, MAX_INJECT_RECORDS, InjectStatusOutput
-from tests.unit.dsm.test_ars import ROOT, Guest, guest, inject_input, rng, scrub_to_completion
+from tests.harness.dsm import ROOT, Guest, guest, inject_input, rng, scrub_to_completion
 
 DIMM = 1
 

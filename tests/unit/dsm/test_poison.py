@@ -13,7 +13,7 @@ from pmemd.dsm.guest_state import guest_state_bytes, restore_guest_state, state_
 from pmemd.dsm.media import MediaErrors
 from pmemd.dsm.poison import PoisonBodyV1, PoisonLimitError, PoisonSet
 from pmemd.dsm.state_blob import StateFormatError, wrap
-from tests.unit.dsm.test_ars import guest
+from tests.harness.dsm import guest
 
 
 def poison(*ranges: tuple[int, int], max_ranges: int = 1 << 18) -> PoisonSet:

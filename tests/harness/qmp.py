@@ -19,29 +19,10 @@ from typing import Any, TypeVar
 import trio
 from qemu.qmp import EventListener, QMPClient
 
-MiB = 1 << 20
 CALL_TIMEOUT = 20.0
 T = TypeVar("T")
 
 
-def write_guest_config(tmp_path: Path, hv_socket: Path, *, domid: int, nvdimms: int = 2) -> Path:
-    """A small guest: 64 MiB RAM, `nvdimms` DIMMs of 6 MiB (2 MiB labels), QMP in tmp_path."""
-    parts = [
-        f'domid = {domid}\n[guest]\nlowmem = "64M"\nvcpus = 2\n[dsm]\nmode = "mmio"\n'
-        f'[xen]\nhypervisor = "{hv_socket}"\nxenstore = "embedded"\n'
-        f'[qmp]\nsocket = "{tmp_path / "qmp.sock"}"\n'
-    ]
-    for slot in range(nvdimms):
-        backing = tmp_path / f"nv{slot}.img"
-        with open(backing, "wb") as f:
-            f.truncate(6 * MiB)
-        parts.append(
-            f'[[nvdimm]]\nbacking = "{backing}"\nsize = "6M"\nlabel_size = "2M"\nslot = {slot}\n'
-            f'node = {slot}\naddress = "auto"\n'
-        )
-    path = tmp_path / "guest.toml"
-    path.write_text("".join(parts))
-    return path
 
 
 class AsyncioThread:
