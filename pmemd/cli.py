@@ -30,7 +30,7 @@ def _load_config(args: argparse.Namespace) -> Config:
 
 def cmd_acpi(args: argparse.Namespace) -> int:
     """Write NFIT.bin, SSDT.bin and NVDR.bin for a config and print a JSON summary."""
-    from acpi.table import parse_table
+    from acpi.table import parse_tables
     from pmemd.daemon.tables import build_tables
 
     cfg = _load_config(args)
@@ -43,7 +43,7 @@ def cmd_acpi(args: argparse.Namespace) -> int:
         entry: dict = {"file": str(out / name), "length": len(data)}
         if name != "NVDR.bin":
             try:
-                parse_table(data)
+                parse_tables(data)  # ACPI.bin holds two tables; the others one
                 entry["checksum_ok"] = True
             except ValueError:
                 entry["checksum_ok"] = False
@@ -346,15 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("acpi", help="build the guest's NFIT, SSDT, NVDR body and event SSDT from a config")
+    p = sub.add_parser("acpi", help="build the guest's NFIT, SSDT, NVDR body and event SSDT from a config, "
+                                    "and ACPI.bin (NFIT + SSDT) for xl's acpi_firmware=")
     p.add_argument("--config", required=True, help="guest config (TOML)")
-    p.add_argument("--out", required=True, help="directory for NFIT.bin, SSDT.bin, NVDR.bin")
+    p.add_argument("--out", required=True, help="directory for NFIT.bin, SSDT.bin, NVDR.bin, NVEV.bin, ACPI.bin")
     p.set_defaults(func=cmd_acpi)
 
     p = sub.add_parser("run", help="serve one guest's NVDIMMs (the per-guest daemon)")
     p.add_argument("--config", required=True, help="guest config (TOML)")
     p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
-    p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
+    p.add_argument("--hypervisor", help='"xen" (real Xen) or a simulated hypervisor socket (overrides [xen] hypervisor)')
     p.add_argument("--pidfile", help="write the pid here (0600), locked while the daemon lives")
     p.add_argument("--qmp", metavar="PATH", help="QMP socket (overrides [qmp] socket), bound first thing")
     p.add_argument("--resume", metavar="FILE", help="load device state saved by --save before serving")
