@@ -69,8 +69,10 @@ async def guest_frames(hv: DeviceModelHypervisor, gpa: int, size: int) -> tuple[
 
 
 @contextlib.asynccontextmanager
-async def open_mirrors(config: Config, hv: DeviceModelHypervisor) -> AsyncIterator[dict[int, Mirror]]:
-    """Mirror every NVDIMM (slot -> Mirror) while the block runs; write back on the way out."""
+async def open_mirrors(config: Config, hv: DeviceModelHypervisor, adopt: int | None = None
+                       ) -> AsyncIterator[tuple[dict[int, Mirror], IoreqServer | None]]:
+    """Mirror every NVDIMM (slot -> Mirror) while the block runs, with the flush-hint ioreq
+    server (`adopt`: a killed predecessor's); write back on the way out."""
     mirrors: dict[int, Mirror] = {}
     try:
         for index, d in enumerate(config.nvdimms):
@@ -85,12 +87,13 @@ async def open_mirrors(config: Config, hv: DeviceModelHypervisor) -> AsyncIterat
                      adopted=adopted, flush_hint=hex(d.flush_hint or 0))
         hints = {d.flush_hint: mirrors[d.slot] for d in config.nvdimms if d.flush_hint is not None}
         device = FlushHintDevice(hints)
+        server = IoreqServer(hv, device, device.io_ranges(), adopt=adopt) if hints else None
         async with trio.open_nursery() as nursery:
-            if hints:
-                await nursery.start(IoreqServer(hv, device, device.io_ranges()).run)
+            if server is not None:
+                await nursery.start(server.run)
             nursery.start_soon(_write_back_every, config.pmem.writeback_interval, mirrors)
             try:
-                yield mirrors
+                yield mirrors, server
             finally:
                 nursery.cancel_scope.cancel()
     finally:  # synchronous: a cancellation cannot cut it short

@@ -112,7 +112,8 @@ async def open_hypervisor(guest: Guest) -> AsyncIterator[None]:
         return
     guest.hv = await connect_hypervisor(guest.hypervisor, guest.config.domid)
     try:
-        check_domain_layout(guest.config, await guest.hv.domain_info())
+        if backend_name(guest.hypervisor) == "xen":  # the toolstack built the domain from its own config
+            check_domain_layout(guest.config, await guest.hv.domain_info())
         yield
     finally:
         with trio.CancelScope(shield=True):
@@ -200,13 +201,39 @@ async def serve_dsm_page(guest: Guest) -> AsyncIterator[None]:
             ram_page = view[:PAGE_SIZE]
             log.info("dsm page populated in the MMIO hole", page=hex(dsm.page), adopted=adopted)
     guest.device = DsmPageDevice(dsm, guest.handlers.dispatcher.dispatch, ram_page, events=guest.effects.events)
-    guest.server = IoreqServer(guest.hv, guest.device, guest.device.io_ranges())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(guest.server.run)
-        try:
-            yield
-        finally:
-            nursery.cancel_scope.cancel()
+    guest.server = IoreqServer(guest.hv, guest.device, guest.device.io_ranges(),
+                               adopt=await recorded_server(guest, "dsm"))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(guest.server.run)
+            await record_server(guest, "dsm", guest.server.server_id)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        summary = guest.device.stats.summary()
+        traps = guest.server.statistics().by_kind
+        served = sum(n for kind, n in traps.items() if kind != "invalidate")
+        per_call = served - traps.get("pio-read", 0)  # notify-port reads are events (and trap benchmarks)
+        log.info("dsm statistics", mode=dsm.mode, traps=served, traps_by_kind=dict(traps),
+                 traps_per_call=round(per_call / summary["calls"], 2) if summary["calls"] else None, **summary)
+
+
+async def recorded_server(guest: Guest, name: str) -> int | None:
+    """On real Xen, the ioreq server a killed predecessor left (xenstore `pmemd/ioreq-server/<name>`)."""
+    if guest.xenstore is None or backend_name(guest.hypervisor) != "xen":
+        return None
+    server = await state_key.recorded_server(guest.xenstore, guest.config.domid, name)
+    if server is not None:
+        log.warning("adopting the ioreq server a previous daemon left", server=server, name=name)
+    return server
+
+
+async def record_server(guest: Guest, name: str, server: int | None) -> None:
+    """On real Xen, record a server id so a restarted daemon and `pmemd release` find it."""
+    if guest.xenstore is not None and server is not None and backend_name(guest.hypervisor) == "xen":
+        await state_key.record_server(guest.xenstore, guest.config.domid, name, server)
 
 
 @contextlib.asynccontextmanager
@@ -263,7 +290,9 @@ async def map_pmem(guest: Guest) -> AsyncIterator[None]:
             raise ConfigError("pmem.mode", "\"mirrored\" needs a hypervisor (not the QEMU transport)")
         from .pmem_mirror import open_mirrors
 
-        async with open_mirrors(guest.config, guest.hv) as guest.mirrors:
+        adopt = await recorded_server(guest, "flush")
+        async with open_mirrors(guest.config, guest.hv, adopt) as (guest.mirrors, server):
+            await record_server(guest, "flush", server.server_id if server else None)
             yield
         return
     guest.pmem_maps = await pmem_map.map_all(guest.config, guest.hv)
