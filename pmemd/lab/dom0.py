@@ -145,6 +145,8 @@ def follow(boot: dict[str, Any], daemon: Daemon, serial: Path, deadline: float, 
             return None
         time.sleep(0.5)
     result["error"] = "timeout"
+    ctx = sh("/usr/lib/xen-4.17/bin/xenctx", "-a", str(daemon.domid), "0", timeout=60)
+    result["vcpu0"] = (ctx.stdout + ctx.stderr)[-3000:]  # where the guest is stuck
     return 124
 
 

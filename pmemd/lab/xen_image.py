@@ -82,7 +82,7 @@ def _publish(out: Path, data: bytes) -> None:
 
 def prepare_xen(cache: Path | None = None) -> XenBootFiles:
     """Every boot file of the nested lab, from the cache when its inputs are unchanged."""
-    cache = cache or image.cache_dir()
+    cache = cache or image.cache_dir() / "xen"  # its own guest initramfs: `pmemd lab` runs of other trees prune theirs
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache):
         guest = image.prepare(cache)

@@ -20,8 +20,11 @@ Work directory (`--keep DIR`): `serial.log` (Xen + dom0), `guest-<i>.log`, `daem
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,7 +123,7 @@ def xl_config(name: str, cfg_raw: dict[str, Any], files: XenBootFiles, ramdisk: 
     return "\n".join([
         f'name = "{name}"', 'type = "hvm"', f"memory = {cfg.guest.lowmem >> 20}", f"maxmem = {cfg.guest.lowmem >> 20}",
         f"vcpus = {cfg.guest.vcpus}", f'kernel = "{files.guest_kernel}"', f'ramdisk = "{ramdisk}"',
-        'extra = "console=ttyS0 rdinit=/init quiet pci=noearly panic=-1"', f'serial = "file:{serial}"',
+        'extra = "console=ttyS0 earlyprintk=ttyS0 rdinit=/init pci=noearly panic=-1 loglevel=7"', f'serial = "file:{serial}"',
         "vnc = 0", "sdl = 0", 'vga = "none"', 'on_poweroff = "destroy"', 'on_reboot = "destroy"',
         'on_crash = "destroy"', f'acpi_firmware = "{acpi}"', "",
     ])
@@ -133,9 +136,10 @@ def guest_initramfs(files: XenBootFiles, script: Path, notify_port: int, out: Pa
         "usr/bin/trap-notify": port_read_loop(notify_port, TRAP_LOOPS),
         "usr/bin/trap-pcicfg": port_read_loop(PCI_CONFIG_DATA, TRAP_LOOPS, latch=PCI_HOST_BRIDGE_ID),
     }
-    with out.open("wb") as f:
-        f.write(files.guest_initramfs.read_bytes())
-        _write_cpio(f, extra)
+    buffer = io.BytesIO(files.guest_initramfs.read_bytes())
+    buffer.seek(0, io.SEEK_END)
+    _write_cpio(buffer, extra)
+    out.write_bytes(gzip.compress(buffer.getvalue(), compresslevel=1))  # less for the firmware to load
 
 
 DOM0_SH = """#!/bin/sh
@@ -191,6 +195,7 @@ def _shares(work: Path, cfgs: list[dict[str, Any]]) -> list[Path]:
 
 
 def run_xen_lab(options: XenLabOptions, files: XenBootFiles) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: QEMU is killed in a finally
     work = (options.keep or Path(tempfile.mkdtemp(prefix="pmemd-xenlab-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
