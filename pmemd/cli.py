@@ -312,7 +312,8 @@ def _xen_lab(args: argparse.Namespace) -> int:
         print(f"pmemd: xen lab image: {e}", file=sys.stderr)
         return EXIT_BAD_VALUE
     options = XenLabOptions(Path(args.config), [Path(args.script), *map(Path, args.again)], modes,
-                            Path(args.keep) if args.keep else None, args.timeout)
+                            Path(args.keep) if args.keep else None, args.timeout,
+                            firmware=Path(args.firmware).resolve() if args.firmware else None)
     try:
         return run_xen_lab(options, files)
     except ConfigError as e:
@@ -482,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--again", action="append", default=[], metavar="SCRIPT",
                    help="--xen: then destroy the guest and boot a new one on the same files running SCRIPT "
                         "(repeatable)")
+    p.add_argument("--firmware", metavar="ELF",
+                   help="--xen: boot this bare HVM firmware (xl firmware_override) instead of Linux, e.g. "
+                        "bench/xen_trap_probe.S built with as/ld; SCRIPT is then unused")
     p.add_argument("--dsm-modes", metavar="M[,M...]",
                    help="--xen: [dsm] mode of each boot, ram or mmio (default ram; the last repeats)")
     p.add_argument("script", help="shell script run in the guest; its exit status is the command's")

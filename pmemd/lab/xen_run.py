@@ -58,6 +58,7 @@ class XenLabOptions:
     keep: Path | None = None
     timeout: float = 600.0
     console: TextIO = sys.stdout
+    firmware: Path | None = None  # a bare HVM firmware ELF (xl firmware_override) instead of Linux
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -118,12 +119,14 @@ def to_toml(raw: dict[str, Any]) -> str:
 
 
 def xl_config(name: str, cfg_raw: dict[str, Any], files: XenBootFiles, ramdisk: Path, serial: Path,
-              acpi: Path) -> str:
+              acpi: Path, firmware: Path | None = None) -> str:
     cfg = from_mapping(cfg_raw)
+    boot = [f'firmware_override = "{firmware}"'] if firmware is not None else [
+        f'kernel = "{files.guest_kernel}"', f'ramdisk = "{ramdisk}"',
+        'extra = "console=ttyS0 earlyprintk=ttyS0 rdinit=/init pci=noearly panic=-1 loglevel=7"']
     return "\n".join([
         f'name = "{name}"', 'type = "hvm"', f"memory = {cfg.guest.lowmem >> 20}", f"maxmem = {cfg.guest.lowmem >> 20}",
-        f"vcpus = {cfg.guest.vcpus}", f'kernel = "{files.guest_kernel}"', f'ramdisk = "{ramdisk}"',
-        'extra = "console=ttyS0 earlyprintk=ttyS0 rdinit=/init pci=noearly panic=-1 loglevel=7"', f'serial = "file:{serial}"',
+        f"vcpus = {cfg.guest.vcpus}", *boot, f'serial = "file:{serial}"',
         "vnc = 0", "sdl = 0", 'vga = "none"', 'on_poweroff = "destroy"', 'on_reboot = "destroy"',
         'on_crash = "destroy"', f'acpi_firmware = "{acpi}"', "",
     ])
@@ -210,6 +213,10 @@ def _run(options: XenLabOptions, files: XenBootFiles, work: Path) -> int:
         if char in str(work):
             raise ConfigError("--keep", f"the work directory's path may not contain {char!r} (QEMU's -initrd list)")
     boots, cfgs = [], []
+    firmware = None
+    if options.firmware is not None:  # dom0 sees the work directory, not necessarily the file's
+        firmware = work / "firmware.elf"
+        shutil.copyfile(options.firmware, firmware)
     for i, script in enumerate(options.scripts):
         mode = options.dsm_modes[min(i, len(options.dsm_modes) - 1)]
         raw = xen_lab_config(options.config, mode)
@@ -223,7 +230,8 @@ def _run(options: XenLabOptions, files: XenBootFiles, work: Path) -> int:
         guest_initramfs(files, script, cfg.dsm.notify_port, ramdisk)
         name = f"pmemd-lab-{i}"
         xl = work / f"xl-{i}.cfg"
-        xl.write_text(xl_config(name, raw, files, ramdisk, work / f"guest-{i}.log", work / "ACPI.bin"))
+        xl.write_text(xl_config(name, raw, files, ramdisk, work / f"guest-{i}.log", work / "ACPI.bin",
+                                firmware))
         boots.append({"name": name, "xl_config": str(xl), "pmemd_config": str(pmemd_config), "mode": mode,
                       "serial": str(work / f"guest-{i}.log"), "daemon_log": str(work / f"daemon-{i}.log")})
     shares = _shares(work, cfgs)
