@@ -91,4 +91,18 @@ def parse_table(data: bytes) -> Any:
     return Table.parse(data)
 
 
-__all__ = ["HEADER_SIZE", "TableHeader", "TableIds", "checksum", "finish_table", "parse_table"]
+def parse_tables(blob: bytes) -> list[Any]:
+    """Parse tables stored back to back (xl's `acpi_firmware=` file), each by its length field."""
+    tables, offset = [], 0
+    while offset < len(blob):
+        if len(blob) - offset < HEADER_SIZE:
+            raise ValueError(f"{len(blob) - offset} trailing bytes at {offset} are shorter than a header")
+        length = TableHeader.parse(blob[offset:]).length
+        if length < HEADER_SIZE:
+            raise ValueError(f"table at {offset} has length {length}, shorter than its header")
+        tables.append(parse_table(blob[offset : offset + length]))
+        offset += length
+    return tables
+
+
+__all__ = ["HEADER_SIZE", "TableHeader", "TableIds", "checksum", "finish_table", "parse_table", "parse_tables"]

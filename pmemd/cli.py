@@ -30,7 +30,7 @@ def _load_config(args: argparse.Namespace) -> Config:
 
 def cmd_acpi(args: argparse.Namespace) -> int:
     """Write NFIT.bin, SSDT.bin and NVDR.bin for a config and print a JSON summary."""
-    from acpi.table import parse_table
+    from acpi.table import parse_tables
     from pmemd.daemon.tables import build_tables
 
     cfg = _load_config(args)
@@ -43,7 +43,7 @@ def cmd_acpi(args: argparse.Namespace) -> int:
         entry: dict = {"file": str(out / name), "length": len(data)}
         if name != "NVDR.bin":
             try:
-                parse_table(data)
+                parse_tables(data)  # ACPI.bin holds two tables; the others one
                 entry["checksum_ok"] = True
             except ValueError:
                 entry["checksum_ok"] = False
@@ -274,6 +274,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from pmemd.lab.image import ImageError, prepare
     from pmemd.lab.run import LabOptions, run_lab
 
+    if args.xen:
+        return _xen_lab(args)
+    if args.again or args.dsm_modes:
+        print("pmemd: --again and --dsm-modes need --xen", file=sys.stderr)
+        return EXIT_BAD_VALUE
     try:
         boot = prepare(kernel=Path(args.kernel) if args.kernel else None,
                        modules=Path(args.modules) if args.modules else None)
@@ -288,6 +293,66 @@ def cmd_lab(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"pmemd: {e}", file=sys.stderr)
         return EXIT_BAD_VALUE
+
+
+def _xen_lab(args: argparse.Namespace) -> int:
+    """`pmemd lab --xen`: the nested Xen 4.17 lab (`pmemd.lab.xen_run`)."""
+    from pmemd.config import ConfigError
+    from pmemd.lab.image import ImageError
+    from pmemd.lab.xen_image import prepare_xen
+    from pmemd.lab.xen_run import XenLabOptions, run_xen_lab
+
+    if args.stop_daemon_after_calls is not None:
+        print("pmemd: --stop-daemon-after-calls is the QEMU lab's drill; the Xen lab's guest prints "
+              "'pmemd-lab: kill-daemon' / 'pmemd-lab: restart-daemon'", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    modes = args.dsm_modes.split(",") if args.dsm_modes else ["ram"]
+    try:
+        files = prepare_xen()
+    except ImageError as e:
+        print(f"pmemd: xen lab image: {e}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+    options = XenLabOptions(Path(args.config), [Path(args.script), *map(Path, args.again)], modes,
+                            Path(args.keep) if args.keep else None, args.timeout,
+                            firmware=Path(args.firmware).resolve() if args.firmware else None)
+    try:
+        return run_xen_lab(options, files)
+    except ConfigError as e:
+        print(f"pmemd: {e}", file=sys.stderr)
+        return EXIT_BAD_VALUE
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """After a daemon died (SIGKILL, crash) on real Xen: disable the ioreq servers it recorded in
+    xenstore, so the guest's accesses go to QEMU-xen (a `_DSM` call then ends with a status
+    instead of a vCPU blocked on a dead server), and mark the state `error` / `daemon-died`.
+    A restarted `pmemd run` adopts and re-enables them. The systemd unit's ExecStopPost."""
+    import trio
+
+    from pmemd.daemon import state_key
+    from pmemd.xen.backends import connect_hypervisor
+
+    cfg = _load_config(args)
+
+    async def release() -> dict[str, int]:
+        async with state_key.open_daemon_client(cfg.xen.xenstore) as xs:
+            servers = await state_key.recorded_servers(xs, cfg.domid)
+            hv = await connect_hypervisor(cfg.xen.hypervisor, cfg.domid)
+            try:
+                for server in servers.values():
+                    await hv.set_ioreq_server_state(server, False)
+            finally:
+                await hv.aclose()
+            await state_key.write_state(xs, cfg.domid, state_key.ERROR, "daemon-died")
+        return servers
+
+    try:
+        servers = trio.run(release)
+    except Exception as e:
+        print(f"pmemd: release failed: {_first_error(e)}", file=sys.stderr)
+        return 1
+    print(json.dumps({"domid": cfg.domid, "disabled_ioreq_servers": servers}))
+    return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -347,15 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("acpi", help="build the guest's NFIT, SSDT, NVDR body and event SSDT from a config")
+    p = sub.add_parser("acpi", help="build the guest's NFIT, SSDT, NVDR body and event SSDT from a config, "
+                                    "and ACPI.bin (NFIT + SSDT) for xl's acpi_firmware=")
     p.add_argument("--config", required=True, help="guest config (TOML)")
-    p.add_argument("--out", required=True, help="directory for NFIT.bin, SSDT.bin, NVDR.bin")
+    p.add_argument("--out", required=True, help="directory for NFIT.bin, SSDT.bin, NVDR.bin, NVEV.bin, ACPI.bin")
     p.set_defaults(func=cmd_acpi)
 
     p = sub.add_parser("run", help="serve one guest's NVDIMMs (the per-guest daemon)")
     p.add_argument("--config", required=True, help="guest config (TOML)")
     p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
-    p.add_argument("--hypervisor", help="simulated hypervisor socket (overrides [xen] hypervisor)")
+    p.add_argument("--hypervisor", help='"xen" (real Xen) or a simulated hypervisor socket (overrides [xen] hypervisor)')
     p.add_argument("--pidfile", help="write the pid here (0600), locked while the daemon lives")
     p.add_argument("--qmp", metavar="PATH", help="QMP socket (overrides [qmp] socket), bound first thing")
     p.add_argument("--resume", metavar="FILE", help="load device state saved by --save before serving")
@@ -415,6 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra kernel command line, e.g. \"nfit.dyndbg=+p\"")
     p.add_argument("--early", metavar="SCRIPT",
                    help="shell script run in the guest before the NVDIMM modules load (e.g. keyctl: DIMM keys)")
+    p.add_argument("--xen", action="store_true",
+                   help="boot Xen 4.17 nested in QEMU with pmemd in dom0 as the guest's device model")
+    p.add_argument("--again", action="append", default=[], metavar="SCRIPT",
+                   help="--xen: then destroy the guest and boot a new one on the same files running SCRIPT "
+                        "(repeatable)")
+    p.add_argument("--firmware", metavar="ELF",
+                   help="--xen: boot this bare HVM firmware (xl firmware_override) instead of Linux, e.g. "
+                        "bench/xen_trap_probe.S built with as/ld; SCRIPT is then unused")
+    p.add_argument("--dsm-modes", metavar="M[,M...]",
+                   help="--xen: [dsm] mode of each boot, ram or mmio (default ram; the last repeats)")
     p.add_argument("script", help="shell script run in the guest; its exit status is the command's")
     p.set_defaults(func=cmd_lab)
 
@@ -423,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", help="file whose bytes the image carries (default: none)")
     p.add_argument("--out", required=True, help="where to write the image")
     p.set_defaults(func=cmd_firmware_image)
+
+    p = sub.add_parser("release", help="after a daemon died on real Xen: disable its ioreq servers (ExecStopPost)")
+    p.add_argument("--config", required=True, help="guest config (TOML)")
+    p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
+    p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("prepare", help="allocate, write, unshare and verify each NVDIMM's backing file")
     p.add_argument("--config", required=True, help="guest config (TOML)")

@@ -43,6 +43,8 @@ DsmMode = Literal["mmio", "ram"]
 Transport = Literal["xen", "qemu"]
 DEFAULT_DOORBELL_TIMEOUT_MS = 4000  # the AML's bound on waiting for a qemu-transport reply
 Persistence = Literal["cpu", "mem-ctrl"]
+PmemMode = Literal["none", "direct", "mirrored"]
+DEFAULT_WRITEBACK_INTERVAL = 30.0  # seconds between mirrored write-backs besides flushes
 
 
 class ConfigError(ValueError):
@@ -154,6 +156,20 @@ class NvdimmConfig:
 
 
 @dataclass(frozen=True)
+class PmemConfig:
+    """How guest PMEM reaches the backing files (`[pmem]`).
+
+    `none`: not mapped (ACPI and `_DSM` only); `direct`: the file's host pmem frames are mapped
+    (XENMEM_populate_pmem_map, the RFC series; needs `[host]`); `mirrored`: pmemd populates
+    ordinary guest frames, fills them from the file and writes changes back on every flush-hint
+    write, at shutdown and every `writeback_interval` seconds (upstream Xen).
+    """
+
+    mode: PmemMode
+    writeback_interval: float = DEFAULT_WRITEBACK_INTERVAL
+
+
+@dataclass(frozen=True)
 class Config:
     domid: int
     guest: GuestConfig
@@ -164,6 +180,8 @@ class Config:
     nvdimms: tuple[NvdimmConfig, ...] = field(default_factory=tuple)
     source: Path | None = None
     host: HostConfig | None = None  # None: no [host] section, guest PMEM is not mapped
+    pmem: PmemConfig = field(default_factory=lambda: PmemConfig("none"))  # [pmem]
+
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -216,7 +234,7 @@ def load(path: str | Path, *, domid: int | None = None) -> Config:
 
 def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: Path | None = None) -> Config:
     """Validate a parsed config (the TOML document as a mapping)."""
-    _reject_unknown(raw, {"domid", "guest", "dsm", "xen", "qmp", "platform", "nvdimm", "host"}, "")
+    _reject_unknown(raw, {"domid", "guest", "dsm", "xen", "qmp", "platform", "nvdimm", "host", "pmem"}, "")
     if "domid" not in raw:
         raise ConfigError("domid", "is required")
     domid = parse_int(raw["domid"], "domid", 1, DOMID_FIRST_RESERVED - 1)
@@ -241,7 +259,26 @@ def from_mapping(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source: 
     _check_nvdimm_overlaps(nvdimms, guest, dsm)
     _check_intel_dimm_last(nvdimms)
     host = _host(_table(raw, "host")) if "host" in raw else None
-    return Config(domid, guest, dsm, xen, Path(qmp_socket), persistence, tuple(nvdimms), source, host)
+    pmem = _pmem(_table(raw, "pmem"), host, nvdimms)
+    return Config(domid, guest, dsm, xen, Path(qmp_socket), persistence, tuple(nvdimms), source, host, pmem)
+
+
+def _pmem(t: Mapping[str, Any], host: HostConfig | None, nvdimms: list[NvdimmConfig]) -> PmemConfig:
+    _reject_unknown(t, {"mode", "writeback_interval"}, "pmem")
+    mode = t.get("mode", "none" if host is None else "direct")
+    if mode not in ("none", "direct", "mirrored"):
+        raise ConfigError("pmem.mode", f"must be \"none\", \"direct\" or \"mirrored\", got {mode!r}")
+    if mode == "direct" and host is None:
+        raise ConfigError("pmem.mode", "\"direct\" maps host pmem frames and needs a [host] section")
+    if mode == "mirrored":
+        for i, d in enumerate(nvdimms):
+            if d.flush_hint is None:
+                raise ConfigError(f"nvdimm[{i}].flush_hint", "is required with pmem.mode = \"mirrored\": "
+                                  "a guest flush-hint write is what makes its data durable")
+    interval = t.get("writeback_interval", DEFAULT_WRITEBACK_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.1 <= interval <= 86400:
+        raise ConfigError("pmem.writeback_interval", f"must be seconds between 0.1 and 86400, got {interval!r}")
+    return PmemConfig(mode, float(interval))
 
 
 def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -299,8 +336,11 @@ def _dsm(t: Mapping[str, Any], guest: GuestConfig, base_dir: Path = Path(".")) -
             f"in mmio mode must lie in the MMIO hole [{guest.mmio_hole_start:#x}, "
             f"{PLATFORM_RESERVED_START:#x}), got {page:#x}",
         )
-    if mode == "ram" and not page + PAGE_SIZE <= guest.lowmem:
-        raise ConfigError("dsm.page", f"in ram mode must lie in guest RAM below {guest.lowmem:#x}, got {page:#x}")
+    in_hole = guest.mmio_hole_start <= page < PLATFORM_RESERVED_START
+    if mode == "ram" and not (page + PAGE_SIZE <= guest.lowmem or in_hole):
+        raise ConfigError("dsm.page", f"in ram mode must lie in guest RAM below {guest.lowmem:#x} or in the MMIO "
+                                      f"hole [{guest.mmio_hole_start:#x}, {PLATFORM_RESERVED_START:#x}) "
+                                      f"(pmemd populates it there), got {page:#x}")
     port = parse_int(t.get("notify_port", DEFAULT_NOTIFY_PORT), "dsm.notify_port", 0, 0xFFFF - NOTIFY_WIDTH + 1)
     if port % NOTIFY_WIDTH:
         raise ConfigError("dsm.notify_port", f"must be {NOTIFY_WIDTH}-byte aligned, got {port:#x}")

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pmemd.qmp.early import EarlyQmp
     from pmemd.qmp.server import QmpServer
     from pmemd.storage import MapReport
+    from pmemd.storage.mirror import Mirror
     from pmemd.xen.api import DeviceModelHypervisor
     from pmemd.xenstore import XenstoreClient
 
@@ -65,6 +66,7 @@ class Guest:
     doorbell: DoorbellServer | None = None  # [dsm] transport = "qemu" instead of `device`/`server`
     publication: Publication | None = None  # what "publish-tables" put in dm-acpi
     pmem_maps: dict[int, MapReport] = field(default_factory=dict)  # slot -> what "map-pmem" populated
+    mirrors: dict[int, Mirror] = field(default_factory=dict)  # slot -> mirrored PMEM ([pmem] mode "mirrored")
     qmp: QmpServer | None = None  # while the "qmp" step is in
     completed: list[str] = field(default_factory=list)  # names of the steps set up, in order
     failed_step: str | None = None  # the setup step that failed (the state key's error-code)

@@ -73,7 +73,7 @@ def lock_backings(config: Config) -> Iterator[None]:
     """
     with contextlib.ExitStack() as stack:
         for index, nvdimm in enumerate(config.nvdimms):
-            if config.host is None and not nvdimm.backing.exists():
+            if config.pmem.mode == "none" and not nvdimm.backing.exists():
                 log.warning("backing file missing: not locked", nvdimm=index, backing=str(nvdimm.backing))
                 continue
             try:
@@ -87,7 +87,7 @@ async def map_all(config: Config, hv: DeviceModelHypervisor | None) -> dict[int,
     """Populate every NVDIMM's guest PMEM range [address, address + pmem_size) from its file
     (a map-failed one excepted); returns slot -> what was populated (empty without `[host]`)."""
     reports: dict[int, MapReport] = {}
-    if config.host is None:
+    if config.pmem.mode != "direct" or config.host is None:
         if config.nvdimms:
             log.warning("no [host] section: guest PMEM is not mapped", nvdimms=len(config.nvdimms))
         return reports

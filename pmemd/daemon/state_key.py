@@ -155,3 +155,36 @@ def only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[1] is None
     return isinstance(exc, trio.Cancelled)
+
+
+def server_key_path(domid: int, name: str) -> str:
+    return f"{state_dir(domid)}/ioreq-server/{name}"
+
+
+async def recorded_server(xs: XenstoreClient, domid: int, name: str) -> int | None:
+    """The ioreq server id a predecessor recorded under `pmemd/ioreq-server/<name>` (real Xen
+    keeps a killed daemon's servers), or None."""
+    try:
+        return int(await xs.read(server_key_path(domid, name)))
+    except (NoEntryError, ValueError):
+        return None
+
+
+async def record_server(xs: XenstoreClient, domid: int, name: str, server_id: int) -> None:
+    """Record an ioreq server id (guest read-only), for a restarted daemon or `pmemd release`."""
+    path = server_key_path(domid, name)
+    await xs.write(path, str(server_id))
+    await xs.set_perms(path, guest_read_only(domid))
+
+
+async def recorded_servers(xs: XenstoreClient, domid: int) -> dict[str, int]:
+    out = {}
+    try:
+        names = await xs.directory(f"{state_dir(domid)}/ioreq-server")
+    except NoEntryError:
+        return {}
+    for name in names:
+        server = await recorded_server(xs, domid, name)
+        if server is not None:
+            out[name] = server
+    return out

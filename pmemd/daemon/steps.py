@@ -17,11 +17,13 @@ import structlog
 import trio
 
 from acpi.dsm_buffer import PAGE_SIZE
+from pmemd.config import Config, ConfigError
 from pmemd.dsm.build import build_dispatcher
 from pmemd.dsm.dispatcher import Phase
 from pmemd.dsm.media import MediaErrors
 from pmemd.ioreq.server import IoreqServer
-from pmemd.xen.backends import connect_hypervisor
+from pmemd.xen.api import DomainInfo
+from pmemd.xen.backends import backend_name, connect_hypervisor
 
 from . import dmacpi, pmem_map, state_key
 from .dsm_effects import open_media_effects
@@ -113,10 +115,24 @@ async def open_hypervisor(guest: Guest) -> AsyncIterator[None]:
         return
     guest.hv = await connect_hypervisor(guest.hypervisor, guest.config.domid)
     try:
+        if backend_name(guest.hypervisor) == "xen":  # the toolstack built the domain from its own config
+            check_domain_layout(guest.config, await guest.hv.domain_info())
         yield
     finally:
         with trio.CancelScope(shield=True):
             await guest.hv.aclose()
+
+
+def check_domain_layout(config: Config, info: DomainInfo) -> None:
+    """Refuse a config whose vCPUs or RAM contradict the domain's (naming the field): the tables
+    and the DSM page were placed for the config's memory map."""
+    if info.vcpus != config.guest.vcpus:
+        raise ConfigError("guest.vcpus", f"is {config.guest.vcpus} but domain {info.domid} has {info.vcpus} vCPUs")
+    ram, domain_ram = config.guest.lowmem + config.guest.highmem, info.lowmem + info.highmem
+    if ram != domain_ram:
+        name = "guest.highmem" if config.guest.highmem else "guest.lowmem"
+        raise ConfigError(name, f"the config gives the guest {ram >> 20} MiB of RAM (lowmem + highmem) but "
+                                f"domain {info.domid} has {domain_ram >> 20} MiB")
 
 
 @contextlib.asynccontextmanager
@@ -193,15 +209,48 @@ async def serve_dsm_page(guest: Guest) -> AsyncIterator[None]:
     dsm = guest.config.dsm
     ram_page = None
     if dsm.mode == "ram":
-        ram_page = (await guest.hv.map_foreign(dsm.page // PAGE_SIZE, 1))[:PAGE_SIZE]
+        if dsm.page + PAGE_SIZE <= guest.config.guest.lowmem:
+            ram_page = (await guest.hv.map_foreign(dsm.page // PAGE_SIZE, 1))[:PAGE_SIZE]
+        else:  # in the MMIO hole: a frame pmemd populates (real Xen), so only the notify traps
+            from .pmem_mirror import guest_frames
+
+            view, adopted = await guest_frames(guest.hv, dsm.page, PAGE_SIZE)
+            ram_page = view[:PAGE_SIZE]
+            log.info("dsm page populated in the MMIO hole", page=hex(dsm.page), adopted=adopted)
     guest.device = DsmPageDevice(dsm, guest.handlers.dispatcher.dispatch, ram_page, events=guest.effects.events)
-    guest.server = IoreqServer(guest.hv, guest.device, guest.device.io_ranges())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(guest.server.run)
-        try:
-            yield
-        finally:
-            nursery.cancel_scope.cancel()
+    guest.server = IoreqServer(guest.hv, guest.device, guest.device.io_ranges(),
+                               adopt=await recorded_server(guest, "dsm"))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(guest.server.run)
+            await record_server(guest, "dsm", guest.server.server_id)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        summary = guest.device.stats.summary()
+        traps = guest.server.statistics().by_kind
+        served = sum(n for kind, n in traps.items() if kind != "invalidate")
+        per_call = served - traps.get("pio-read", 0)  # notify-port reads are events (and trap benchmarks)
+        log.info("dsm statistics", mode=dsm.mode, traps=served, traps_by_kind=dict(traps),
+                 traps_per_call=round(per_call / summary["calls"], 2) if summary["calls"] else None, **summary)
+
+
+async def recorded_server(guest: Guest, name: str) -> int | None:
+    """On real Xen, the ioreq server a killed predecessor left (xenstore `pmemd/ioreq-server/<name>`)."""
+    if guest.xenstore is None or backend_name(guest.hypervisor) != "xen":
+        return None
+    server = await state_key.recorded_server(guest.xenstore, guest.config.domid, name)
+    if server is not None:
+        log.warning("adopting the ioreq server a previous daemon left", server=server, name=name)
+    return server
+
+
+async def record_server(guest: Guest, name: str, server: int | None) -> None:
+    """On real Xen, record a server id so a restarted daemon and `pmemd release` find it."""
+    if guest.xenstore is not None and server is not None and backend_name(guest.hypervisor) == "xen":
+        await state_key.record_server(guest.xenstore, guest.config.domid, name, server)
 
 
 @contextlib.asynccontextmanager
@@ -229,6 +278,11 @@ async def publish_tables(guest: Guest) -> AsyncIterator[None]:
         log.warning("dm-acpi not published: an embedded xenstored has no toolstack to reserve the buffer")
         yield
         return
+    if backend_name(guest.hypervisor) == "xen":
+        log.info("dm-acpi not published: upstream hvmloader reads no dm-acpi; the tables reach the guest "
+                 "through xl's acpi_firmware= (pmemd acpi writes ACPI.bin)")
+        yield
+        return
     if not guest.config.nvdimms or guest.hv is None:
         log.info("dm-acpi not published", reason="no NVDIMMs" if guest.hv else "no hypervisor (QEMU owns the tables)")
         yield
@@ -245,8 +299,19 @@ async def publish_tables(guest: Guest) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def map_pmem(guest: Guest) -> AsyncIterator[None]:
-    """Each NVDIMM's guest PMEM from its backing file. No undo: Xen has no unmap, the frames
-    go back when the domain is destroyed."""
+    """Each NVDIMM's guest PMEM from its backing file. `direct`: host pmem frames, no undo (Xen
+    has no unmap, the frames go back when the domain is destroyed). `mirrored`: populated
+    frames written back on flush hints and on the way out (`pmem_mirror`)."""
+    if guest.config.pmem.mode == "mirrored":
+        if guest.hv is None:
+            raise ConfigError("pmem.mode", "\"mirrored\" needs a hypervisor (not the QEMU transport)")
+        from .pmem_mirror import open_mirrors
+
+        adopt = await recorded_server(guest, "flush")
+        async with open_mirrors(guest.config, guest.hv, adopt) as (guest.mirrors, server):
+            await record_server(guest, "flush", server.server_id if server else None)
+            yield
+        return
     guest.pmem_maps = await pmem_map.map_all(guest.config, guest.hv)
     yield
 

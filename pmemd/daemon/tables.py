@@ -19,9 +19,16 @@ class Tables:
     nvdr: bytes  # body of Device(NVDR) (dm-acpi type 1)
     events: bytes = b""  # SSDT routing the NVDIMM event GPE to NVDR.NEVT (dm-acpi type 0); none for QEMU
 
+    @property
+    def acpi_firmware(self) -> bytes:
+        """NFIT + SSDT back to back: xl's `acpi_firmware=` file on upstream Xen (hvmloader's
+        libacpi copies each table of the blob, walked by its header length, into the XSDT)."""
+        return self.nfit + self.ssdt
+
     def files(self) -> dict[str, bytes]:
         """Output file names and contents, as `pmemd acpi` writes them."""
-        files = {"NFIT.bin": self.nfit, "SSDT.bin": self.ssdt, "NVDR.bin": self.nvdr}
+        files = {"NFIT.bin": self.nfit, "SSDT.bin": self.ssdt, "NVDR.bin": self.nvdr,
+                 "ACPI.bin": self.acpi_firmware}
         if self.events:
             files["NVEV.bin"] = self.events
         return files

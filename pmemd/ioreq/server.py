@@ -79,10 +79,12 @@ class IoreqServer:
     Usage: `await nursery.start(IoreqServer(hv, device, ranges).run)`.
     """
 
-    def __init__(self, hv: DeviceModelHypervisor, device: Device, ranges: Sequence[IoRange]) -> None:
+    def __init__(self, hv: DeviceModelHypervisor, device: Device, ranges: Sequence[IoRange], *,
+                 adopt: int | None = None) -> None:
         self.hv = hv
         self.device = device
         self.ranges = tuple(ranges)
+        self.adopt = adopt  # a server a killed predecessor left behind (real Xen keeps it): take it over
         self.server_id: int | None = None
         self._counters = _Counters()
         self.log = log.bind(domid=hv.domid)
@@ -97,7 +99,7 @@ class IoreqServer:
         """Register, enable, report started, serve until cancelled; always tear down."""
         hv = self.hv
         info = await hv.domain_info()
-        server_id = await hv.create_ioreq_server()
+        server_id = self.adopt if self.adopt is not None else await hv.create_ioreq_server()
         self.server_id = server_id
         self.log = self.log.bind(server=server_id)
         mapped: list[IoRange] = []
@@ -107,22 +109,39 @@ class IoreqServer:
             page = await hv.map_ioreq_page(server_id)
             await hv.get_ioreq_server_info(server_id)
             evtchn = await hv.open_event_channel()
-            vcpu_of_port: dict[int, int] = {}
-            for vcpu in range(info.vcpus):
-                (remote,) = abi.PORT_STRUCT.unpack_from(page, abi.slot_offset(vcpu) + abi.VP_EPORT_OFFSET)
-                vcpu_of_port[await evtchn.bind_interdomain(remote)] = vcpu
             for r in self.ranges:
+                if self.adopt is not None:  # the predecessor's ranges are still mapped
+                    try:
+                        await hv.unmap_io_range(server_id, r.is_mmio, r.start, r.end)
+                    except HypervisorError:
+                        pass
                 await hv.map_io_range(server_id, r.is_mmio, r.start, r.end)
                 mapped.append(r)
-            await hv.set_ioreq_server_state(server_id, True)
-            enabled = True
-            self.log.info("ioreq server enabled", vcpus=info.vcpus, ranges=len(mapped))
+            # Bind before enabling where the page already names the ports; real Xen writes the
+            # vp_eports only when the server is enabled (the guest is still paused then).
+            if not all(self._remote_port(page, vcpu) for vcpu in range(info.vcpus)):
+                await hv.set_ioreq_server_state(server_id, True)
+                enabled = True
+            vcpu_of_port: dict[int, int] = {}
+            for vcpu in range(info.vcpus):
+                vcpu_of_port[await evtchn.bind_interdomain(self._remote_port(page, vcpu))] = vcpu
+            if not enabled:
+                await hv.set_ioreq_server_state(server_id, True)
+                enabled = True
+            self.log.info("ioreq server enabled", vcpus=info.vcpus, ranges=len(mapped), adopted=self.adopt is not None)
             task_status.started()
-            await self._serve(page, evtchn, vcpu_of_port, MapCache(hv, info.ram_ranges()))
+            # An adopted server may hold a request whose event went to the dead predecessor: look once.
+            sweep = list(vcpu_of_port) if self.adopt is not None else []
+            await self._serve(page, evtchn, vcpu_of_port, MapCache(hv, info.ram_ranges()), sweep)
         finally:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + TEARDOWN_TIMEOUT
                 await self._teardown(server_id, enabled, mapped, evtchn)
+
+    @staticmethod
+    def _remote_port(page: memoryview, vcpu: int) -> int:
+        (port,) = abi.PORT_STRUCT.unpack_from(page, abi.slot_offset(vcpu) + abi.VP_EPORT_OFFSET)
+        return int(port)
 
     async def _teardown(
         self, server_id: int, enabled: bool, mapped: list[IoRange], evtchn: EventChannel | None
@@ -143,12 +162,14 @@ class IoreqServer:
         self.log.info("ioreq server torn down")
 
     async def _serve(
-        self, page: memoryview, evtchn: EventChannel, vcpu_of_port: dict[int, int], memory: MapCache
+        self, page: memoryview, evtchn: EventChannel, vcpu_of_port: dict[int, int], memory: MapCache,
+        sweep: list[int],
     ) -> None:
         counters = self._counters
         slot_struct, bits_off = abi.SLOT_STRUCT, abi.BITS_OFFSET
         while True:
-            for port in await evtchn.pending():
+            ports, sweep = sweep or await evtchn.pending(), []
+            for port in ports:
                 vcpu = vcpu_of_port.get(port)
                 if vcpu is None:
                     counters.unknown_ports += 1  # QEMU aborts; we log and carry on

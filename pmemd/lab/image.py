@@ -70,6 +70,7 @@ for m in {" ".join(m for m in MODULES if m not in ("qemu_fw_cfg", "libnvdimm", "
     modprobe $m 2>/dev/null || [ -d /sys/module/$m ] || echo "pmemd-lab: modprobe $m failed"
 done
 script=/sys/firmware/qemu_fw_cfg/by_name/{SCRIPT_FW_CFG}/raw
+[ -r /script ] && script=/script  # the Xen lab appends the script to the initramfs
 if [ -r $script ]; then cp $script /tmp/script; sh /tmp/script; rc=$?; else echo "pmemd-lab: no script"; rc=127; fi
 echo "{EXIT_MARKER}$rc"
 poweroff -f
@@ -272,7 +273,7 @@ def _write_cpio(f: BinaryIO, files: dict[str, bytes | str]) -> None:
         if isinstance(data, str):
             _cpio_entry(f, path, 0o120777, data.encode(), ino)
         else:
-            executable = path in ("init", "bin/busybox", "usr/bin/ndctl", "usr/bin/keyctl") or ".so" in path
+            executable = path in ("init", "bin/busybox") or path.startswith("usr/bin/") or ".so" in path
             _cpio_entry(f, path, 0o100755 if executable else 0o100644, data, ino)
         ino += 1
     _cpio_entry(f, "TRAILER!!!", 0, b"", 0)

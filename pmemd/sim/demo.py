@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from acpi.nfit import parse_nfit
-from acpi.table import parse_table
+from acpi.table import parse_table, parse_tables
 from pmemd import config as configmod
 from pmemd.daemon.serve import serve_guest
 from pmemd.daemon.state_key import wait_state
@@ -202,7 +202,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for name, data in tables.files().items():
             note = ""
             if name != "NVDR.bin":
-                parse_table(data)
+                parse_tables(data)
                 note = ", checksum ok"
             print(f"  {name}: {len(data)} bytes{note}")
         print(f"  NFIT structure types: {[s.header.type for s in parse_nfit(tables.nfit)]}")

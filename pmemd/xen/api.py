@@ -2,19 +2,20 @@
 
 One `DeviceModelHypervisor` is the daemon's view of its one guest: the
 libxendevicemodel calls (DMOPs, reference §1.6), `xenforeignmemory` mappings and
-`xenevtchn` handles. `pmemd.sim.client.device_model` implements it over the simulator socket;
-a real-Xen backend (ctypes over the three libraries) can slot in behind the same
-methods. Calls that may block are async; `EventChannel.notify` never blocks (it is
-an ioctl in libxenevtchn), so it is sync.
+`xenevtchn` handles. `pmemd.sim.client.device_model` implements it over the simulator socket,
+`pmemd.xen.real.backend` on real Xen (ctypes over the libraries). Calls that may block are
+async; `EventChannel.notify` never blocks (it is an ioctl in libxenevtchn), so it is sync.
 """
 
 from __future__ import annotations
 
+import errno
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pmemd.ioreq.abi import HVM_IOREQSRV_BUFIOREQ_OFF
+from pmemd.xen.errors import HypervisorError
 
 # xendevicemodel_shutdown reasons (public/sched.h SHUTDOWN_*).
 SHUTDOWN_POWEROFF = 0
@@ -129,6 +130,12 @@ class DeviceModelHypervisor(ABC):
     @abstractmethod
     async def map_foreign(self, gfn: int, nr_pages: int) -> memoryview:
         """Writable view of guest RAM gfn..gfn+nr_pages-1 (must be one RAM range)."""
+
+    async def populate_ram(self, gfn: int, nr_pages: int) -> None:
+        """Give the guest `nr_pages` new RAM frames at gfn.. (raising its memory limit by as
+        much), as QEMU populates VRAM: the `ram` DSM page in the MMIO hole and mirrored PMEM.
+        A backend that cannot raises EOPNOTSUPP, so the mode fails at start."""
+        raise HypervisorError(errno.EOPNOTSUPP, f"this hypervisor backend cannot populate guest RAM at {gfn:#x}")
 
     @abstractmethod
     async def populate_pmem_map(self, mfn: int, gfn: int, nr_mfns: int) -> None:

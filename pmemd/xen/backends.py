@@ -17,6 +17,7 @@ Connect = Callable[[str, int], Awaitable[DeviceModelHypervisor]]
 # backend name -> "module:attribute" of its `connect(spec, domid)` coroutine function
 BACKENDS: dict[str, str] = {
     "sim": "pmemd.sim.client.device_model:connect",
+    "xen": "pmemd.xen.real.backend:connect",
 }
 
 

@@ -14,6 +14,8 @@ value (0x81), bits 8-23 the NFIT handle (0 root, slot + 1 DIMM); 0 = nothing pen
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,9 @@ class EventRegister:
         return len(self._queue)
 
 
+LATENCY_WINDOW = 65536  # handler latencies kept (microseconds)
+
+
 @dataclass
 class DsmStatistics:
     calls: int = 0
@@ -68,6 +73,17 @@ class DsmStatistics:
     page_reads: int = 0
     page_writes: int = 0
     by_function: dict[int, int] = field(default_factory=dict)
+    latencies_us: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def summary(self) -> dict[str, float | int]:
+        """Counts plus median and 95th percentile of the recent handler latencies (notify to reply)."""
+        out: dict[str, float | int] = {"calls": self.calls, "bad_notifies": self.bad_notifies,
+                                       "page_reads": self.page_reads, "page_writes": self.page_writes}
+        if self.latencies_us:
+            ordered = sorted(self.latencies_us)
+            out["latency_median_us"] = round(statistics.median(ordered), 1)
+            out["latency_p95_us"] = round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)
+        return out
 
 
 class DsmPageDevice:
@@ -115,12 +131,14 @@ class DsmPageDevice:
         self.run_call()
 
     def run_call(self) -> None:
+        started = time.perf_counter()
         request = bytes(self.page)  # private copy: the guest may rewrite the page meanwhile
         reply = self.dispatch(request)
         self.page[: len(reply)] = reply
         self.stats.calls += 1
         function = int.from_bytes(request[8:12], "little")
         self.stats.by_function[function] = self.stats.by_function.get(function, 0) + 1
+        self.stats.latencies_us.append((time.perf_counter() - started) * 1e6)
 
     def _bad_notify(self, message: str, **fields: int) -> None:
         self.stats.bad_notifies += 1

@@ -28,7 +28,7 @@ def test_acpi_exits_0_and_writes_nfit_ssdt_nvdr_and_the_event_ssdt(
     proc, out = multi_run
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert sorted(p.name for p in out.iterdir()) == ["NFIT.bin", "NVDR.bin", "NVEV.bin", "SSDT.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["ACPI.bin", "NFIT.bin", "NVDR.bin", "NVEV.bin", "SSDT.bin"]
 
 
 def test_acpi_files_are_the_tables_built_from_the_config(multi_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
@@ -52,11 +52,12 @@ def test_acpi_prints_a_json_summary_with_lengths_and_checksums(
     assert summary["domid"] == 12
     assert summary["nvdimms"] == 3
     by_name = {Path(t["file"]).name: t for t in summary["tables"]}
-    assert set(by_name) == {"NFIT.bin", "SSDT.bin", "NVDR.bin", "NVEV.bin"}
+    assert set(by_name) == {"NFIT.bin", "SSDT.bin", "NVDR.bin", "NVEV.bin", "ACPI.bin"}
     for name, entry in by_name.items():
         assert Path(entry["file"]) == out / name
         assert entry["length"] == (out / name).stat().st_size
     assert by_name["NFIT.bin"]["checksum_ok"] is True
+    assert by_name["ACPI.bin"]["checksum_ok"] is True  # NFIT + SSDT for xl's acpi_firmware=
     assert by_name["SSDT.bin"]["checksum_ok"] is True
     assert by_name["NVEV.bin"]["checksum_ok"] is True
     assert "checksum_ok" not in by_name["NVDR.bin"]  # a body, not a table

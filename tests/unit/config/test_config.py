@@ -188,9 +188,33 @@ def test_mmio_dsm_page_defaults_to_the_page_below_the_platform_devices() -> None
     assert config.from_mapping(base()).dsm.page == 0xFBFFF000
 
 
-@pytest.mark.parametrize("page", [0x40000000, 0xFBFFF000])
-def test_ram_dsm_page_outside_low_ram_is_rejected(page: int) -> None:
+@pytest.mark.parametrize("page", [0x40000000, 0xFC000000])
+def test_ram_dsm_page_outside_low_ram_and_the_mmio_hole_is_rejected(page: int) -> None:
     rejects({**base(), "dsm": {"mode": "ram", "page": page}}, "dsm.page", "in ram mode must lie in guest RAM")
+
+
+def test_ram_dsm_page_may_lie_in_the_mmio_hole_where_pmemd_populates_it() -> None:
+    assert config.from_mapping({**base(), "dsm": {"mode": "ram", "page": 0xFBFFF000}}).dsm.page == 0xFBFFF000
+
+
+def test_pmem_mode_defaults_to_direct_with_a_host_section_and_none_without() -> None:
+    assert config.from_mapping(base()).pmem.mode == "none"
+    assert config.from_mapping({**base(), "host": {"spa_base": 0}}).pmem.mode == "direct"
+
+
+def test_mirrored_pmem_requires_a_flush_hint_on_every_nvdimm() -> None:
+    rejects({**base(), "pmem": {"mode": "mirrored"}}, "nvdimm[0].flush_hint", "is required with pmem.mode")
+
+
+def test_mirrored_pmem_with_flush_hints_is_accepted() -> None:
+    raw = {**base(), "pmem": {"mode": "mirrored", "writeback_interval": 5}}
+    raw["nvdimm"] = [{**raw["nvdimm"][0], "flush_hint": 0xFBFFE000}]
+    cfg = config.from_mapping(raw)
+    assert (cfg.pmem.mode, cfg.pmem.writeback_interval) == ("mirrored", 5.0)
+
+
+def test_direct_pmem_without_a_host_section_is_rejected() -> None:
+    rejects({**base(), "pmem": {"mode": "direct"}}, "pmem.mode", "needs a [host] section")
 
 
 def test_ram_dsm_page_defaults_to_the_last_page_of_low_ram() -> None:
