@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from pmemd.xen.page import PAGE_SHIFT, PAGE_SIZE
 
 
 @dataclass(frozen=True)

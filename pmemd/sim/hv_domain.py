@@ -27,11 +27,11 @@ from pmemd.sim.hv_emulate import Handler, NullHandler, all_ones, perform
 from pmemd.sim.hv_physmap import Physmap
 from pmemd.sim.hv_ranges import RangeSet
 from pmemd.sim.ioreq import Request
+from pmemd.xen.page import PAGE_SHIFT
 
 log = structlog.get_logger("pmemd.sim.domain")
 
 FOUR_GIB = 1 << 32
-PAGE_SHIFT = 12
 MAX_NR_IOREQ_SERVERS = 8
 RANGE_PORT = 0
 RANGE_MMIO = 1

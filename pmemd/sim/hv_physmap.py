@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from pmemd.sim.errors import XenError
+from pmemd.xen.page import PAGE_SHIFT
 
-PAGE_SHIFT = 12
 FOUR_GIB_GFN = (1 << 32) >> PAGE_SHIFT
 MAX_GFN = 1 << (48 - PAGE_SHIFT)  # guest physical address width the simulator accepts
 

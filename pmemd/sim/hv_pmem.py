@@ -37,11 +37,11 @@ import structlog
 
 from pmemd.host_pmem import HostPmemRegion
 from pmemd.sim.errors import XenError
-from pmemd.sim.hv_physmap import PAGE_SHIFT, IntervalMap, Physmap
+from pmemd.sim.hv_physmap import IntervalMap, Physmap
+from pmemd.xen.page import PAGE_SHIFT, PAGE_SIZE
 
 log = structlog.get_logger("pmemd.sim.pmem")
 
-PAGE_SIZE = 1 << PAGE_SHIFT
 UINT_MAX = (1 << 32) - 1  # nr_mfns is an unsigned int
 # SPA base the examples and tests give the simulated host pmem (64 GiB, above any RAM).
 DEFAULT_SPA_BASE = 0x10_0000_0000

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from construct import Array, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
-PAGE_SIZE = 4096
+from pmemd.xen.page import PAGE_SIZE
 
 IOREQ_WRITE = 0
 IOREQ_READ = 1
