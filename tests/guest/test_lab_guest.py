@@ -14,15 +14,12 @@ when a non-Intel DIMM registers last, and pmemd's config refuses that layout.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.harness.lab import Boot, lab_boot
 
 pytestmark = pytest.mark.guest
 
@@ -80,52 +77,8 @@ echo "=== dmesg"; dmesg
 """
 
 
-@dataclass
-class Boot:
-    status: int
-    console: str
-    daemon_log: list[dict]
-    summary: dict
-
-    def section(self, name: str) -> str:
-        match = re.search(rf"^=== {name}\n(.*?)(?=^=== |^pmemd-lab: exit )", self.console, re.S | re.M)
-        assert match, f"no section {name!r} in the console:\n{self.console}"
-        return match.group(1)
-
-    def json(self, name: str):
-        text = self.section(name)
-        start = min(i for i in (text.find("["), text.find("{")) if i >= 0)
-        return json.JSONDecoder().raw_decode(text, start)[0]  # ndctl may print errors after it
-
-
-def require_qemu() -> None:
-    for tool in ("qemu-system-x86_64", "ndctl", "depmod", "apt-get"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (./dev test installs qemu-system-x86, ndctl, kmod)")
-    if not Path("/bin/busybox").exists():
-        pytest.skip("busybox-static is not installed")
-
-
 def boot(request, workdir: Path, script: str, *extra: str, dsm: str = "") -> Boot:
-    require_qemu()
-    (workdir / "lab.toml").write_text(CONFIG.format(dsm=dsm))
-    (workdir / "script.sh").write_text(script)
-    out = workdir / f"out-{request.fixturename}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pmemd.cli", "lab", "--config", str(workdir / "lab.toml"), "--keep", str(out),
-         "--timeout", "120", *extra, str(workdir / "script.sh")],
-        capture_output=True, text=True, timeout=180,
-    )
-    summary = json.loads((out / "summary.json").read_text())
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\n[lab boot {request.fixturename}] wall {summary['wall_s']} s, "
-                                f"{summary['dsm_calls']} DSM calls, handler median {summary['latency_median_us']} µs, "
-                                f"p95 {summary['latency_p95_us']} µs")
-    log = [json.loads(line) for line in (out / "daemon.log").read_text().splitlines() if line.startswith("{")]
-    return Boot(proc.returncode, (out / "console.log").read_text(), log, summary)
+    return lab_boot(request, workdir, CONFIG.format(dsm=dsm), script, extra=extra, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,20 +49,21 @@ def require_qemu() -> None:
 
 
 def lab_boot(request: pytest.FixtureRequest, workdir: Path, config: str, script: str, *,
-             early: str | None = None, timeout: float = 150) -> Boot:
-    """Boot once with `config` (TOML text) and `script` in `workdir`; `early` runs before the NVDIMM modules."""
+             early: str | None = None, extra: Sequence[str] = (), timeout: float = 150) -> Boot:
+    """Boot once with `config` (TOML text) and `script` in `workdir`; `early` runs before the NVDIMM
+    modules; `extra` are further `pmemd lab` options."""
     require_qemu()
     name = request.fixturename
     (workdir / "lab.toml").write_text(config)
     (workdir / f"{name}.sh").write_text(script)
-    extra: list[str] = []
+    options = list(extra)
     if early is not None:
         (workdir / f"{name}-early.sh").write_text(early)
-        extra = ["--early", str(workdir / f"{name}-early.sh")]
+        options += ["--early", str(workdir / f"{name}-early.sh")]
     out = workdir / f"out-{name}"
     proc = subprocess.run(
         [sys.executable, "-m", "pmemd.cli", "lab", "--config", str(workdir / "lab.toml"), "--keep", str(out),
-         "--timeout", str(timeout), *extra, str(workdir / f"{name}.sh")],
+         "--timeout", str(timeout), *options, str(workdir / f"{name}.sh")],
         capture_output=True, text=True, timeout=timeout + 60,
     )
     summary = json.loads((out / "summary.json").read_text())
