@@ -39,6 +39,9 @@ DOM0_MODULES = (
 )
 
 # dom0's /init. Kernel args: pmemdlab=<work dir> (mounted from tag "lab" at that path).
+# dom0 sees the host's / read-only over 9p, with a tmpfs over each of these (writable scratch).
+DOM0_TMPFS = ("tmp", "run", "var/lib/xen", "var/log", "var/tmp", "var/lib/xenstored")
+
 DOM0_INIT = """#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /newroot /bin
 /bin/busybox --install -s /bin
@@ -49,12 +52,13 @@ for m in netfs fscache 9pnet 9p virtio_ring virtio virtio_pci_modern_dev virtio_
 done
 W=$(sed -n 's/.*pmemdlab=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose root /newroot || { echo "pmemd-xen-lab: 9p root failed"; poweroff -f; }
-for d in tmp run var/lib/xen var/log var/tmp var/lib/xenstored; do mount -t tmpfs tmpfs /newroot/$d 2>/dev/null; done
+for d in @TMPFS@; do mount -t tmpfs tmpfs /newroot/$d 2>/dev/null; done
 mkdir -p /newroot$W
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 lab /newroot$W || { echo "pmemd-xen-lab: 9p lab failed"; poweroff -f; }
 mount --move /proc /newroot/proc; mount --move /sys /newroot/sys; mount --move /dev /newroot/dev
 exec switch_root /newroot /bin/sh $W/dom0.sh
 """
+DOM0_INIT = DOM0_INIT.replace("@TMPFS@", " ".join(DOM0_TMPFS))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from pmemd.config import ConfigError, from_mapping
 from pmemd.daemon.tables import build_tables
 from pmemd.lab.image import _write_cpio
 from pmemd.lab.trap_loop import PCI_CONFIG_DATA, PCI_HOST_BRIDGE_ID, port_read_loop
-from pmemd.lab.xen_image import XenBootFiles
+from pmemd.lab.xen_image import DOM0_TMPFS, XenBootFiles
 
 QEMU = "qemu-system-x86_64"
 EXIT_TIMEOUT = 124
@@ -187,14 +187,27 @@ def qemu_command(files: XenBootFiles, work: Path, shares: list[Path]) -> list[st
 
 
 def _shares(work: Path, cfgs: list[dict[str, Any]]) -> list[Path]:
-    """Directories dom0 writes outside the work directory: those of the backing and state files."""
+    """Directories dom0 needs shared beyond its read-only view of / and the work directory: those of
+    the backing and state files, and pmemd's own code where a dom0 tmpfs would hide it."""
     dirs = set()
     for raw in cfgs:
         for d in raw["nvdimm"]:
             dirs.add(Path(d["backing"]).parent)
         if isinstance(raw["dsm"].get("state_file"), str):
             dirs.add(Path(raw["dsm"]["state_file"]).parent)
-    return sorted(d for d in dirs if d != work and work not in d.parents)
+    dirs.update(d for d in _code_dirs() if _hidden_in_dom0(d))
+    dirs = {d for d in dirs if d != work and work not in d.parents}
+    return sorted(d for d in dirs if not any(p in dirs for p in d.parents))  # a share covers its subdirs
+
+
+def _code_dirs() -> list[Path]:
+    """Where dom0's pmemd comes from: the venv (or Python prefix) and the package's parent."""
+    return [Path(sys.prefix).resolve(), Path(__file__).resolve().parents[2]]
+
+
+def _hidden_in_dom0(path: Path) -> bool:
+    """True where dom0's tmpfs covers the host's `path` (a clone or venv under /tmp, say)."""
+    return any(path == Path("/", d) or Path("/", d) in path.parents for d in DOM0_TMPFS)
 
 
 def run_xen_lab(options: XenLabOptions, files: XenBootFiles) -> int:
