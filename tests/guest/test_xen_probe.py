@@ -20,22 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.lab import XEN_GUEST_CONFIG
+
 pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(900)]  # one nested boot: minutes
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = """domid = 3
-[guest]
-lowmem = "256M"
-[[nvdimm]]
-backing = "nv0.img"
-size = "34M"
-label_size = "2M"
-family = "msft"
-[[nvdimm]]
-backing = "nv1.img"
-size = "34M"
-label_size = "2M"
-"""
+CONFIG = XEN_GUEST_CONFIG
 CALLS = 400
 
 

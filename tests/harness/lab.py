@@ -17,6 +17,22 @@ from pathlib import Path
 
 import pytest
 
+# The nested Xen lab's guest (`pmemd lab --xen`): small, since dom0 mirrors every byte of PMEM, and
+# an MSFT-family DIMM beside an Intel one (the Intel DIMM registers last, see test_lab_guest).
+XEN_GUEST_CONFIG = """domid = 3
+[guest]
+lowmem = "256M"
+[[nvdimm]]
+backing = "nv0.img"
+size = "34M"
+label_size = "2M"
+family = "msft"
+[[nvdimm]]
+backing = "nv1.img"
+size = "34M"
+label_size = "2M"
+"""
+
 
 @dataclass
 class Boot:
