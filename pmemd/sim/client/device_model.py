@@ -14,7 +14,7 @@ from pmemd.ioreq import abi
 from pmemd.sim import platform_page, wire
 from pmemd.sim.client import replies
 from pmemd.sim.client.evtchn import SimEventChannel
-from pmemd.sim.client.replies import protocol_error, raise_for_reply
+from pmemd.sim.client.replies import decode_reply, protocol_error, raise_for_reply
 from pmemd.sim.errors import WireError
 from pmemd.xen.api import DeviceModelHypervisor, DomainInfo, EventChannel, IoreqServerInfo, PlatformEvents
 from pmemd.xen.errors import ProtocolError
@@ -52,12 +52,7 @@ class SimDeviceModel(DeviceModelHypervisor):
                 frame = await self.channel.receive()
                 if frame is None:
                     raise ProtocolError("simulator closed the connection")
-                kind, body = frame
-                if kind != wire.KIND_JSON:
-                    raise ProtocolError(f"unexpected frame kind {kind}")
-                reply = wire.decode_json(body)
-                nfds = reply.get("nfds", 0)
-                reply["fds"] = self.channel.decoder.take_fds(nfds if isinstance(nfds, int) else 0)
+                reply = decode_reply(*frame, self.channel.decoder)
             except WireError as exc:
                 raise protocol_error(exc) from exc
         return raise_for_reply(reply)

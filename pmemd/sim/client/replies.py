@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from pmemd.sim import wire
 from pmemd.sim.errors import WireError
 from pmemd.xen.api import DomainInfo
 from pmemd.xen.errors import DomainCrashed, HypervisorError, ProtocolError
@@ -25,6 +26,17 @@ def raise_for_reply(reply: dict[str, Any]) -> dict[str, Any]:
     if code == errno.ESRCH:
         raise DomainCrashed(message)
     raise HypervisorError(code, message)
+
+
+def decode_reply(kind: int, body: bytes, decoder: Any) -> dict[str, Any]:
+    """One reply frame as a dict, with the descriptors it announced (`nfds`) taken from `decoder`;
+    the async and the blocking client read replies the same way."""
+    if kind != wire.KIND_JSON:
+        raise ProtocolError(f"unexpected frame kind {kind}")
+    reply = wire.decode_json(body)
+    nfds = reply.get("nfds", 0)
+    reply["fds"] = decoder.take_fds(nfds if isinstance(nfds, int) else 0)
+    return reply
 
 
 def protocol_error(exc: WireError) -> ProtocolError:

@@ -7,9 +7,8 @@ import socket
 from typing import Any
 
 from pmemd.sim import wire
-from pmemd.sim.client.replies import protocol_error, raise_for_reply
+from pmemd.sim.client.replies import decode_reply, protocol_error, raise_for_reply
 from pmemd.sim.errors import WireError
-from pmemd.xen.errors import ProtocolError
 
 
 class SyncClient:
@@ -25,12 +24,7 @@ class SyncClient:
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         self.channel.send(wire.encode_json({"op": op, **args}))
         try:
-            kind, body = self.channel.receive()
-            if kind != wire.KIND_JSON:
-                raise ProtocolError(f"unexpected frame kind {kind}")
-            reply = wire.decode_json(body)
-            nfds = reply.get("nfds", 0)
-            reply["fds"] = self.channel.decoder.take_fds(nfds if isinstance(nfds, int) else 0)
+            reply = decode_reply(*self.channel.receive(), self.channel.decoder)
         except WireError as exc:
             raise protocol_error(exc) from exc
         try:
