@@ -72,13 +72,19 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, deadline: float) -> bool:
+        """Start pmemd and wait for its state key to read "running". An "error" left by the
+        previous daemon (`pmemd release` writes it) counts only once this one wrote a state."""
+        path = f"/local/domain/{self.domid}/pmemd/state"
+        left = xs_read(path)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        ours = False
         while time.monotonic() < deadline:
-            state = xs_read(f"/local/domain/{self.domid}/pmemd/state")
+            state = xs_read(path)
+            ours = ours or state != left
             if state == "running":
                 return True
-            if state == "error" or self.proc.poll() is not None:
+            if (state == "error" and ours) or self.proc.poll() is not None:
                 log(f"pmemd failed to start: state {state}, exit {self.proc.poll()}")
                 return False
             time.sleep(POLL)
