@@ -74,12 +74,21 @@ class IoRequest:
     @property
     def kind(self) -> str:
         """A short statistics key, e.g. "mmio-read", "pio-write-rep", "invalidate"."""
-        base = {abi.IOREQ_TYPE_PIO: "pio", abi.IOREQ_TYPE_COPY: "mmio"}.get(self.type)
-        if base is None:
+        kind = _KINDS.get((self.type, self.dir, self.count > 1))
+        if kind is None:
             return {abi.IOREQ_TYPE_INVALIDATE: "invalidate", abi.IOREQ_TYPE_PCI_CONFIG: "pci-config"}.get(
                 self.type, "unknown"
             )
-        return f"{base}-{'read' if self.is_read else 'write'}{'-rep' if self.count > 1 else ''}"
+        return kind
+
+
+# Every PIO/MMIO kind, made once: `kind` is looked up for every request served.
+_KINDS: dict[tuple[int, int, bool], str] = {
+    (type_, dir_, rep): f"{base}-{'read' if dir_ == abi.IOREQ_READ else 'write'}{'-rep' if rep else ''}"
+    for type_, base in ((abi.IOREQ_TYPE_PIO, "pio"), (abi.IOREQ_TYPE_COPY, "mmio"))
+    for dir_ in (abi.IOREQ_READ, abi.IOREQ_WRITE)
+    for rep in (False, True)
+}
 
 
 def needs_completion(req: IoRequest) -> bool:
@@ -146,6 +155,11 @@ def execute(req: IoRequest, device: Device, memory: GuestMemory) -> int:
     else:
         dev_read, dev_write, step = device.mmio_read, device.mmio_write, size
     addr, df = req.addr, req.df
+    if req.count == 1 and not req.data_is_ptr:  # nearly every request: one access, value in the slot
+        if req.is_read:
+            return dev_read(addr, size) & mask
+        dev_write(addr, size, req.data & mask)
+        return req.data
     if not req.data_is_ptr:
         if req.is_read:
             value = 0

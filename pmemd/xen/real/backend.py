@@ -2,8 +2,8 @@
 
 The calls are ioctls on /dev/xen/privcmd and /dev/xen/evtchn that return at once, so they
 run inline in the trio task; the only wait, an event, is `trio.lowlevel.wait_readable` on
-the evtchn fd (one fd for every vCPU's port, no thread per vCPU). Mappings stay valid until
-`aclose()`.
+the evtchn fd (one fd for every vCPU's port, no thread per vCPU), or within a burst of traps
+a poll of a few milliseconds (`event_fd`). Mappings stay valid until `aclose()`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pmemd.xen.errors import DomainCrashed, HypervisorError
 from pmemd.xen.page import PAGE_SHIFT, PAGE_SIZE
 
 from . import domctl
+from .event_fd import EventFd
 from .libs import ULONG, XenLibs, check, load
 
 log = structlog.get_logger("pmemd.xen.real")
@@ -45,6 +46,7 @@ class XenEventChannel(EventChannel):
         self.handle: int | None = check(self.f["xenevtchn_open"](None, 0), "xenevtchn_open")
         self.fd = self.f["xenevtchn_fd"](self.handle)
         self.bound: set[int] = set()
+        self.events = EventFd(self.fd)
 
     async def bind_interdomain(self, remote_port: int) -> int:
         port = check(self.f["xenevtchn_bind_interdomain"](self.handle, self.domid, remote_port),
@@ -59,19 +61,16 @@ class XenEventChannel(EventChannel):
         await trio.lowlevel.checkpoint()
 
     async def pending(self) -> list[int]:
-        """Wait for the fd, take one pending port (a read never blocks once readable), unmask it."""
         if self.handle is None:
             raise trio.ClosedResourceError("event channel closed")
-        await trio.lowlevel.wait_readable(self.fd)
-        port = check(self.f["xenevtchn_pending"](self.handle), "xenevtchn_pending")
-        check(self.f["xenevtchn_unmask"](self.handle, port), "xenevtchn_unmask")
-        return [port]
+        return await self.events.pending()
 
     def notify(self, local_port: int) -> None:
         check(self.f["xenevtchn_notify"](self.handle, local_port), "xenevtchn_notify")
 
     def close(self) -> None:
         if self.handle is not None:
+            log.info("event channel closed", ports=sorted(self.bound), **self.events.waits)
             trio.lowlevel.notify_closing(self.fd)
             self.f["xenevtchn_close"](self.handle)
             self.handle = None
