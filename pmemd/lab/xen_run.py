@@ -43,6 +43,9 @@ from pmemd.lab.xen_image import DOM0_TMPFS, XenBootFiles
 QEMU = "qemu-system-x86_64"
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
+# After dom0's driver wrote its results: time for dom0 to power off before QEMU is stopped (a
+# dom0 whose power-off panics leaves Xen halted, and QEMU would run to the whole deadline).
+POWEROFF_GRACE = 60
 DSM_PAGE = 0xFBFFF000  # the last page below hvmloader's platform area, in the MMIO hole
 FLUSH_HINTS = 0xFBFFE000  # one 8-byte register per DIMM in the page below
 XENSTORED_SOCKET = "/run/xenstored/socket"
@@ -168,7 +171,7 @@ cp /var/log/xen/* $W/ 2>/dev/null
 xl dmesg > $W/xl-dmesg.log 2>&1
 sync
 echo o > /proc/sysrq-trigger
-sleep 60
+while :; do read _ < /dev/console; done  # init must outlive the power-off: a builtin, / goes away
 """
 
 
@@ -277,15 +280,20 @@ def _boot_qemu(options: XenLabOptions, files: XenBootFiles, work: Path, shares: 
     """Run QEMU until dom0 powers off (or the overall deadline); stream the guests' consoles."""
     deadline = time.monotonic() + options.timeout * len(boots) + 180
     offsets = {b["serial"]: 0 for b in boots}
+    results = work / "results.json"
     with (work / "qemu.log").open("wb") as qlog:
         proc = subprocess.Popen(qemu_command(files, work, shares), stdin=subprocess.DEVNULL, stdout=qlog,
                                 stderr=subprocess.STDOUT)
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             _stream(offsets, options.console)
+            if results.exists():  # dom0's driver is done: whatever dom0's power-off does, stop soon
+                deadline = min(deadline, time.monotonic() + POWEROFF_GRACE)
             time.sleep(1)
         _stream(offsets, options.console)
-        if proc.poll() is None:
+        if proc.poll() is None and results.exists():
+            print("pmemd-xen-lab: dom0 wrote its results but did not power off; stopping QEMU", file=sys.stderr)
+        elif proc.poll() is None:
             print("pmemd-xen-lab: the nested run outlived its deadline, stopping QEMU", file=sys.stderr)
             return EXIT_TIMEOUT
     finally:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from pmemd.lab.xen_probe import build_probe, cycles_per_operation
 from tests.harness.lab import XEN_GUEST_CONFIG, XenRun, require_xen_lab, xen_lab_run
 
 BOOT_TIMEOUT = 300  # one bare boot: about a minute on an idle 2-core host
@@ -36,16 +36,14 @@ def probe_run(request, tmp_path_factory) -> XenRun:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     work = tmp_path_factory.mktemp("xenprobe")
-    subprocess.run(["as", "--32", "-o", str(work / "probe.o"), str(ROOT / "bench" / "xen_trap_probe.S")], check=True)
-    subprocess.run(["ld", "-m", "elf_i386", "-N", "-Ttext=0x100000", "-e", "_start", "-o", str(work / "probe.elf"),
-                    str(work / "probe.o")], check=True)
+    probe = build_probe(ROOT / "bench" / "xen_trap_probe.S", work)
     for name in ("nv0.img", "nv1.img"):
         with (work / name).open("wb") as f:
             f.truncate(34 << 20)
     (work / "lab.toml").write_text(XEN_GUEST_CONFIG)
     (work / "unused.sh").write_text("true\n")
     run = xen_lab_run(request, work, "xen probe",
-                      ["--firmware", str(work / "probe.elf"), "--dsm-modes", ",".join(MODES),
+                      ["--firmware", str(probe), "--dsm-modes", ",".join(MODES),
                        "--again", str(work / "unused.sh"), str(work / "unused.sh")],
                       boots=len(MODES), boot_timeout=BOOT_TIMEOUT)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
@@ -53,18 +51,13 @@ def probe_run(request, tmp_path_factory) -> XenRun:
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
             for mode, console in zip(MODES, run.consoles):
-                if "qemu_pcicfg_reads" not in console:
+                per = cycles_per_operation(console)
+                if "qemu_pcicfg_reads" not in per:
                     continue
-                pmemd, qemu = cycles(console, "pmemd_port_reads") // CALLS, cycles(console, "qemu_pcicfg_reads") // CALLS
+                pmemd, qemu = per["pmemd_port_reads"], per["qemu_pcicfg_reads"]
                 reporter.write_line(f"[xen probe] {mode}: trap round trip in cycles: pmemd {pmemd}, QEMU-xen {qemu} "
-                                    f"({pmemd / qemu:.2f}x; target <= 1.5x); DSM call {cycles(console, 'dsm_calls') // CALLS}")
+                                    f"({pmemd / qemu:.2f}x; target <= 1.5x); DSM call {per['dsm_calls']}")
     return run
-
-
-def cycles(console: str, what: str) -> int:
-    match = re.search(rf"pmemd-probe: {what} \d+ cycles 0x([0-9A-F]+)", console)
-    assert match, console
-    return int(match.group(1), 16)
 
 
 def test_the_guest_runs_to_its_end_in_both_modes(probe_run: XenRun) -> None:
