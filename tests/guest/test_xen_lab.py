@@ -1,24 +1,27 @@
 """pmemd on real Xen 4.17 (Debian, unpatched), nested in QEMU TCG, serving a Linux guest.
 
-One `pmemd lab --xen` run boots one guest domain with the DSM page as a frame pmemd populates
-(`ram`, the default). pmemd runs in dom0 as the guest's device model through upstream
+One `pmemd lab --xen` run boots two guest domains on the same backing files: the first with the
+DSM page as a frame pmemd populates (`ram`, the default), the second, after the first domain is
+destroyed, with the page as trapped MMIO (`mmio`), where namespaces and data must still be. pmemd runs in dom0 as the guest's device model through upstream
 interfaces only: an ioreq server, tables through xl's `acpi_firmware=`, mirrored PMEM written
 back on every flush-hint write. Midway the kill drill runs: dom0 SIGKILLs pmemd, runs
 `pmemd release` (the unit's ExecStopPost) and starts pmemd again, which adopts the guest's ioreq
 servers and mirrored PMEM while the guest keeps running. The guest's console is slow (each
 serial byte traps to QEMU-xen), so the script prints only what is asserted on and filters dmesg
-in the guest. The `mmio` page mode and the trap cost are proven by test_xen_probe (a bare guest:
-seconds where Linux takes minutes).
+in the guest. Each guest times 2000 reads of pmemd's notify port against 2000 PCI config reads
+forwarded to QEMU-xen; the ratio is printed (bench/xen_trap.py gives its median over runs).
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from tests.harness.lab import XEN_GUEST_CONFIG, XenRun, require_xen_lab, xen_lab_run
 
-BOOT_TIMEOUT = 600  # one Linux boot under nested TCG: ~3 min on an idle 2-core host
-pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(BOOT_TIMEOUT + 180 + 300)]
+BOOT_TIMEOUT = 480  # one Linux boot under nested TCG: 2-3 min on an idle 2-core host
+pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(2 * BOOT_TIMEOUT + 180 + 300)]
 
 PMEM = 32 << 20
 LABEL_SIZE = 2 << 20
@@ -34,7 +37,14 @@ spa=$(( $(cat /sys/block/$dev/device/resource) + {block} * 4096 ))
 echo "pmemd-lab: check-backing $spa $(printf '{pattern}' | od -A n -t x1 | tr -d ' \\n')"
 """
 
-SCRIPT = f"""
+TRAP_COST = """a=$(cut -d' ' -f1 /proc/uptime); trap-notify; b=$(cut -d' ' -f1 /proc/uptime); trap-pcicfg; c=$(cut -d' ' -f1 /proc/uptime)
+echo "=== trap-cost"; echo "$a $b $c" | awk '{printf "pmemd_us %.1f qemu_us %.1f\\n", ($2-$1)*1e6/2000, ($3-$2)*1e6/2000}'
+"""
+ACPI_PROBLEMS = """echo "=== acpi-problems"; dmesg | grep -E "ACPI (Error|Warning|BIOS Error)|nfit.*(fail|error)"; echo "=== end"
+"""
+
+# Guest 1 (ram page): tables, labels, a namespace, flushed data, media errors, the kill drill.
+FIRST = f"""
 echo "=== list"; ndctl list -DRN
 echo "=== read-labels"; ndctl read-labels -j nmem1 2>&1
 ndctl disable-region all >/dev/null
@@ -60,8 +70,14 @@ echo "=== drill"; cmp -s /tmp/labels-before /tmp/labels-after && echo "labels-un
 echo "=== namespaces-after"; ndctl list -N
 echo "=== pattern-after"; dd if=/dev/$dev bs=4096 skip={SEEK_BLOCKS} count=1 2>/dev/null | head -c {len(PATTERN)}; echo
 {FLUSHED.format(pattern=AFTER, block=SEEK_BLOCKS + 1)}
-echo "=== acpi-problems"; dmesg | grep -E "ACPI (Error|Warning|BIOS Error)|nfit.*(fail|error)"; echo "=== end"
-"""
+{TRAP_COST}{ACPI_PROBLEMS}"""
+
+# Guest 2 (mmio page, a new domain on the same files): namespaces and both patterns survive.
+SECOND = f"""
+echo "=== namespaces"; ndctl list -N
+dev=$(ndctl list -N -r region0 | sed -n 's/.*"blockdev":"\\([^"]*\\)".*/\\1/p')
+echo "=== patterns"; dd if=/dev/$dev bs=4096 skip={SEEK_BLOCKS} count=2 2>/dev/null | tr -d '\\000'; echo
+{TRAP_COST}{ACPI_PROBLEMS}"""
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +88,25 @@ def xen_run(request, tmp_path_factory) -> XenRun:
         with (work / name).open("wb") as f:
             f.truncate(PMEM + LABEL_SIZE)
     (work / "lab.toml").write_text(XEN_GUEST_CONFIG)
-    (work / "guest.sh").write_text(SCRIPT)
-    return xen_lab_run(request, work, "xen lab", [str(work / "guest.sh")], boots=1, boot_timeout=BOOT_TIMEOUT)
+    (work / "first.sh").write_text(FIRST)
+    (work / "second.sh").write_text(SECOND)
+    run = xen_lab_run(request, work, "xen lab", ["--dsm-modes", "ram,mmio", "--again", str(work / "second.sh"),
+                                                 str(work / "first.sh")], boots=2, boot_timeout=BOOT_TIMEOUT)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            for boot, mode in enumerate(("ram", "mmio")):
+                cost = dict(re.findall(r"(\w+_us) ([\d.]+)", run.consoles[boot]))
+                if {"pmemd_us", "qemu_us"} <= cost.keys() and float(cost["qemu_us"]) > 0:
+                    pmemd, qemu = float(cost["pmemd_us"]), float(cost["qemu_us"])
+                    reporter.write_line(f"[xen lab] {mode} guest trap round trip: pmemd {pmemd} µs, QEMU-xen {qemu} µs "
+                                        f"({pmemd / qemu:.2f}x; target <= 1.5x)")
+    return run
 
 
-def test_the_guest_runs_its_script_to_the_end(xen_run: XenRun) -> None:
-    assert [r.get("status") for r in xen_run.results] == [0], (xen_run.results, xen_run.stderr[-3000:])
+def test_both_guests_run_their_scripts_to_the_end(xen_run: XenRun) -> None:
+    assert [r.get("status") for r in xen_run.results] == [0, 0], (xen_run.results, xen_run.stderr[-3000:])
 
 
 def test_ndctl_lists_every_dimm_and_region(xen_run: XenRun) -> None:
@@ -86,14 +115,15 @@ def test_ndctl_lists_every_dimm_and_region(xen_run: XenRun) -> None:
     assert len(listing["regions"]) == 2
 
 
-def test_no_acpi_error_or_warning_in_the_guest(xen_run: XenRun) -> None:
-    assert xen_run.section(0, "acpi-problems").strip() == ""
+def test_no_acpi_error_or_warning_in_either_guest(xen_run: XenRun) -> None:
+    for boot in (0, 1):
+        assert xen_run.section(boot, "acpi-problems").strip() == ""
 
 
-def test_each_dsm_call_is_one_trap_in_ram_mode(xen_run: XenRun) -> None:
-    (boot,) = xen_run.summary["boots"]
-    assert boot["mode"] == "ram" and boot["dsm_calls"] > 0
-    assert boot["traps_per_call"] == 1.0
+def test_dsm_calls_are_served_in_both_page_modes_with_one_trap_a_call_in_ram_mode(xen_run: XenRun) -> None:
+    ram, mmio = xen_run.summary["boots"]
+    assert ram["mode"] == "ram" and ram["dsm_calls"] > 0 and ram["traps_per_call"] == 1.0
+    assert mmio["mode"] == "mmio" and mmio["dsm_calls"] > 0 and mmio["traps_per_call"] > 1
 
 
 def test_flushed_patterns_are_in_the_backing_file_while_the_guest_runs(xen_run: XenRun) -> None:
@@ -126,3 +156,16 @@ def test_labels_namespaces_and_data_are_unchanged_after_the_drill(xen_run: XenRu
     before = {n["dev"] for n in xen_run.json(0, "namespaces")}
     assert before and before == {n["dev"] for n in xen_run.json(0, "namespaces-after")}
     assert PATTERN in xen_run.section(0, "pattern-after")
+
+
+def test_namespaces_and_data_survive_a_destroyed_and_recreated_domain(xen_run: XenRun) -> None:
+    first = {n["dev"] for n in xen_run.json(0, "namespaces")}
+    assert first and first == {n["dev"] for n in xen_run.json(1, "namespaces")}
+    patterns = xen_run.section(1, "patterns")
+    assert PATTERN in patterns and AFTER in patterns
+
+
+def test_the_trap_cost_against_qemu_xen_is_measured_in_both_guests(xen_run: XenRun) -> None:
+    for boot in (0, 1):
+        cost = dict(re.findall(r"(\w+_us) ([\d.]+)", xen_run.section(boot, "trap-cost")))
+        assert float(cost["pmemd_us"]) > 0 and float(cost["qemu_us"]) > 0  # a figure, printed, not a bound

@@ -1,9 +1,9 @@
 """pmemd on real Xen 4.17 (Debian, unpatched), nested in QEMU TCG, against a bare HVM guest.
 
 `pmemd lab --xen --firmware` boots a few hundred bytes of guest code (bench/xen_trap_probe.S,
-xl's firmware_override) instead of Linux: QEMU-xen's fw_cfg needs minutes to load a kernel
-under nested TCG, this guest runs at once. It boots twice on the same backing files, first with
-the DSM page as a frame pmemd populates in the MMIO hole (`ram`), then as trapped MMIO (`mmio`).
+xl's firmware_override) instead of Linux, which the lab boots in minutes where this guest runs
+at once; with the DSM page as trapped MMIO (`mmio`: the Linux test covers both modes, this one
+counts each access). bench/xen_trap.py boots it in both modes for the trap-cost figure.
 pmemd serves it from dom0 through upstream interfaces only (ioreq server, event channels,
 mirrored PMEM). The guest times `_DSM` calls, reads of pmemd's notify port and PCI config reads
 that Xen forwards to QEMU-xen, and prints cycle counts; the trap-cost ratio is printed as a
@@ -22,11 +22,11 @@ from pmemd.lab.xen_probe import build_probe, cycles_per_operation
 from tests.harness.lab import XEN_GUEST_CONFIG, XenRun, require_xen_lab, xen_lab_run
 
 BOOT_TIMEOUT = 300  # one bare boot: about a minute on an idle 2-core host
-pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(2 * BOOT_TIMEOUT + 180 + 300)]
+pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(BOOT_TIMEOUT + 180 + 300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLS = 400
-MODES = ("ram", "mmio")
+MODES = ("mmio",)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,7 @@ def probe_run(request, tmp_path_factory) -> XenRun:
     (work / "lab.toml").write_text(XEN_GUEST_CONFIG)
     (work / "unused.sh").write_text("true\n")
     run = xen_lab_run(request, work, "xen probe",
-                      ["--firmware", str(probe), "--dsm-modes", ",".join(MODES),
-                       "--again", str(work / "unused.sh"), str(work / "unused.sh")],
+                      ["--firmware", str(probe), "--dsm-modes", ",".join(MODES), str(work / "unused.sh")],
                       boots=len(MODES), boot_timeout=BOOT_TIMEOUT)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
@@ -60,26 +59,21 @@ def probe_run(request, tmp_path_factory) -> XenRun:
     return run
 
 
-def test_the_guest_runs_to_its_end_in_both_modes(probe_run: XenRun) -> None:
+def test_the_guest_runs_to_its_end(probe_run: XenRun) -> None:
     assert probe_run.status == 0, (probe_run.results, probe_run.stderr[-3000:])
     assert [b["mode"] for b in probe_run.summary["boots"]] == list(MODES)
 
 
-def test_every_dsm_call_is_served_by_pmemd_in_both_modes(probe_run: XenRun) -> None:
-    assert [b["dsm_calls"] for b in probe_run.summary["boots"]] == [CALLS, CALLS]
-
-
-def test_a_call_is_one_trap_in_ram_mode(probe_run: XenRun) -> None:
-    assert probe_run.summary["boots"][0]["traps_per_call"] == 1.0
+def test_every_dsm_call_is_served_by_pmemd(probe_run: XenRun) -> None:
+    assert [b["dsm_calls"] for b in probe_run.summary["boots"]] == [CALLS]
 
 
 def test_a_call_is_a_trap_per_page_access_and_the_notify_in_mmio_mode(probe_run: XenRun) -> None:
-    kinds = probe_run.summary["boots"][1]["traps_by_kind"]  # four 4-byte page writes and the notify a call
+    kinds = probe_run.summary["boots"][0]["traps_by_kind"]  # four 4-byte page writes and the notify a call
     assert (kinds["mmio-write"], kinds["pio-write"], kinds["mmio-read"]) == (4 * CALLS, CALLS, 2)
 
 
-@pytest.mark.parametrize("boot", [0, 1], ids=MODES)
-def test_the_reply_head_is_a_valid_dsm_reply(probe_run: XenRun, boot: int) -> None:
-    head = re.search(r"last reply head 0x([0-9A-F]{8}) ([0-9A-F]{8})", probe_run.consoles[boot])
-    assert head, probe_run.consoles[boot]
+def test_the_reply_head_is_a_valid_dsm_reply(probe_run: XenRun) -> None:
+    head = re.search(r"last reply head 0x([0-9A-F]{8}) ([0-9A-F]{8})", probe_run.consoles[0])
+    assert head, probe_run.consoles[0]
     assert 4 <= int(head.group(1), 16) <= 4096
