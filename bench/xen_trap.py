@@ -22,16 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pmemd.lab.xen_probe import build_probe, cycles_per_operation  # noqa: E402
+from pmemd.lab.xen_probe import cycles_per_operation, prepare_probe_run  # noqa: E402
 
-CONFIG = """domid = 3
-[guest]
-lowmem = "256M"
-[[nvdimm]]
-backing = "nv0.img"
-size = "34M"
-label_size = "2M"
-"""
 MODES = ("ram", "mmio")
 
 
@@ -48,15 +40,10 @@ def waits(daemon_log: Path) -> dict[str, int]:
 
 
 def one_run(work: Path) -> dict[str, dict[str, int]]:
-    probe = build_probe(ROOT / "bench" / "xen_trap_probe.S", work)
-    with (work / "nv0.img").open("wb") as f:
-        f.truncate(34 << 20)
-    (work / "lab.toml").write_text(CONFIG)
-    (work / "unused.sh").write_text("true\n")
+    args = prepare_probe_run(ROOT / "bench" / "xen_trap_probe.S", work, MODES)
     out = work / "out"
     subprocess.run([sys.executable, "-m", "pmemd.cli", "lab", "--xen", "--config", str(work / "lab.toml"),
-                    "--keep", str(out), "--timeout", "300", "--firmware", str(probe), "--dsm-modes", ",".join(MODES),
-                    "--again", str(work / "unused.sh"), str(work / "unused.sh")],
+                    "--keep", str(out), "--timeout", "300", *args],
                    cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
     summary = json.loads((out / "summary.json").read_text())
     if summary["status"] != 0:

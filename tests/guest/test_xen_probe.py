@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pmemd.lab.xen_probe import build_probe, cycles_per_operation
-from tests.harness.lab import XEN_GUEST_CONFIG, XenRun, require_xen_lab, xen_lab_run
+from pmemd.lab.xen_probe import cycles_per_operation, prepare_probe_run
+from tests.harness.lab import XenRun, require_xen_lab, xen_lab_run
 
 BOOT_TIMEOUT = 300  # one bare boot: about a minute on an idle 2-core host
 pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(BOOT_TIMEOUT + 180 + 300)]
@@ -36,15 +36,8 @@ def probe_run(request, tmp_path_factory) -> XenRun:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     work = tmp_path_factory.mktemp("xenprobe")
-    probe = build_probe(ROOT / "bench" / "xen_trap_probe.S", work)
-    for name in ("nv0.img", "nv1.img"):
-        with (work / name).open("wb") as f:
-            f.truncate(34 << 20)
-    (work / "lab.toml").write_text(XEN_GUEST_CONFIG)
-    (work / "unused.sh").write_text("true\n")
-    run = xen_lab_run(request, work, "xen probe",
-                      ["--firmware", str(probe), "--dsm-modes", ",".join(MODES), str(work / "unused.sh")],
-                      boots=len(MODES), boot_timeout=BOOT_TIMEOUT)
+    args = prepare_probe_run(ROOT / "bench" / "xen_trap_probe.S", work, MODES)
+    run = xen_lab_run(request, work, "xen probe", args, boots=len(MODES), boot_timeout=BOOT_TIMEOUT)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:

@@ -47,8 +47,6 @@ SIGNATURES: dict[str, tuple[str, object, list[object]]] = {
     "xenevtchn_fd": ("ev", INT, [VP]),
     "xenevtchn_bind_interdomain": ("ev", INT, [VP, U32, U32]),
     "xenevtchn_unbind": ("ev", INT, [VP, U32]),
-    "xenevtchn_pending": ("ev", INT, [VP]),
-    "xenevtchn_unmask": ("ev", INT, [VP, U32]),
     "xenevtchn_notify": ("ev", INT, [VP, U32]),
     "xc_interface_open": ("xc", VP, [VP, VP, UINT]),
     "xc_interface_close": ("xc", INT, [VP]),
