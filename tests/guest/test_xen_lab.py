@@ -18,7 +18,7 @@ import re
 
 import pytest
 
-from tests.harness.lab import XEN_GUEST_CONFIG, XenRun, require_xen_lab, xen_lab_run
+from tests.harness.lab import XEN_GUEST_CONFIG, XenRun, require_xen_lab, show, xen_lab_run
 
 BOOT_TIMEOUT = 480  # one Linux boot under nested TCG: 2-3 min on an idle 2-core host
 pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(2 * BOOT_TIMEOUT + 180 + 300)]
@@ -92,16 +92,14 @@ def xen_run(request, tmp_path_factory) -> XenRun:
     (work / "second.sh").write_text(SECOND)
     run = xen_lab_run(request, work, "xen lab", ["--dsm-modes", "ram,mmio", "--again", str(work / "second.sh"),
                                                  str(work / "first.sh")], boots=2, boot_timeout=BOOT_TIMEOUT)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            for boot, mode in enumerate(("ram", "mmio")):
-                cost = dict(re.findall(r"(\w+_us) ([\d.]+)", run.consoles[boot]))
-                if {"pmemd_us", "qemu_us"} <= cost.keys() and float(cost["qemu_us"]) > 0:
-                    pmemd, qemu = float(cost["pmemd_us"]), float(cost["qemu_us"])
-                    reporter.write_line(f"[xen lab] {mode} guest trap round trip: pmemd {pmemd} µs, QEMU-xen {qemu} µs "
-                                        f"({pmemd / qemu:.2f}x; target <= 1.5x)")
+    lines = []
+    for boot, mode in enumerate(("ram", "mmio")):
+        cost = dict(re.findall(r"(\w+_us) ([\d.]+)", run.consoles[boot]))
+        if {"pmemd_us", "qemu_us"} <= cost.keys() and float(cost["qemu_us"]) > 0:
+            pmemd, qemu = float(cost["pmemd_us"]), float(cost["qemu_us"])
+            lines.append(f"[xen lab] {mode} guest trap round trip: pmemd {pmemd} µs, QEMU-xen {qemu} µs "
+                         f"({pmemd / qemu:.2f}x; target <= 1.5x)")
+    show(request, lines)
     return run
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pmemd.lab.xen_probe import cycles_per_operation, prepare_probe_run
-from tests.harness.lab import XenRun, require_xen_lab, xen_lab_run
+from tests.harness.lab import XenRun, require_xen_lab, show, xen_lab_run
 
 BOOT_TIMEOUT = 300  # one bare boot: about a minute on an idle 2-core host
 pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(BOOT_TIMEOUT + 180 + 300)]
@@ -38,17 +38,14 @@ def probe_run(request, tmp_path_factory) -> XenRun:
     work = tmp_path_factory.mktemp("xenprobe")
     args = prepare_probe_run(ROOT / "bench" / "xen_trap_probe.S", work, MODES)
     run = xen_lab_run(request, work, "xen probe", args, boots=len(MODES), boot_timeout=BOOT_TIMEOUT)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            for mode, console in zip(MODES, run.consoles):
-                per = cycles_per_operation(console)
-                if "qemu_pcicfg_reads" not in per:
-                    continue
-                pmemd, qemu = per["pmemd_port_reads"], per["qemu_pcicfg_reads"]
-                reporter.write_line(f"[xen probe] {mode}: trap round trip in cycles: pmemd {pmemd}, QEMU-xen {qemu} "
-                                    f"({pmemd / qemu:.2f}x; target <= 1.5x); DSM call {per['dsm_calls']}")
+    lines = []
+    for mode, console in zip(MODES, run.consoles):
+        per = cycles_per_operation(console)
+        if "qemu_pcicfg_reads" in per:
+            pmemd, qemu = per["pmemd_port_reads"], per["qemu_pcicfg_reads"]
+            lines.append(f"[xen probe] {mode}: trap round trip in cycles: pmemd {pmemd}, QEMU-xen {qemu} "
+                         f"({pmemd / qemu:.2f}x; target <= 1.5x); DSM call {per['dsm_calls']}")
+    show(request, lines)
     return run
 
 

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,16 @@ class Boot:
         return [r for r in self.daemon_log if r.get("event") == event]
 
 
+def show(request: pytest.FixtureRequest, lines: Iterable[str]) -> None:
+    """Print figures on the terminal past pytest's capture (they are read, not asserted)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            for line in lines:
+                reporter.write_line(line)
+
+
 def require_qemu() -> None:
     for tool in ("qemu-system-x86_64", "ndctl", "keyctl", "depmod", "apt-get"):
         if shutil.which(tool) is None:
@@ -84,12 +94,8 @@ def lab_boot(request: pytest.FixtureRequest, workdir: Path, config: str, script:
         capture_output=True, text=True, timeout=timeout + 60,
     )
     summary = json.loads((out / "summary.json").read_text())
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\n[lab boot {name}] wall {summary['wall_s']} s, {summary['dsm_calls']} DSM calls, "
-                                f"handler median {summary['latency_median_us']} µs, p95 {summary['latency_p95_us']} µs")
+    show(request, [f"\n[lab boot {name}] wall {summary['wall_s']} s, {summary['dsm_calls']} DSM calls, "
+                   f"handler median {summary['latency_median_us']} µs, p95 {summary['latency_p95_us']} µs"])
     log = [json.loads(line) for line in (out / "daemon.log").read_text().splitlines() if line.startswith("{")]
     return Boot(proc.returncode, (out / "console.log").read_text(), log, summary)
 
@@ -143,13 +149,8 @@ def xen_lab_run(request: pytest.FixtureRequest, work: Path, label: str, args: Se
     assert (out / "summary.json").exists(), proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\n[{label}] whole run {summary['wall_s']} s, status {summary['status']}")
-            for boot in summary["boots"]:
-                reporter.write_line(f"[{label}] {json.dumps(boot)}")
+    show(request, [f"\n[{label}] whole run {summary['wall_s']} s, status {summary['status']}",
+                   *(f"[{label}] {json.dumps(boot)}" for boot in summary["boots"])])
     consoles, logs = [], []
     for i in range(boots):
         console, log = out / f"guest-{i}.log", out / f"daemon-{i}.log"
