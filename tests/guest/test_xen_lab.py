@@ -15,13 +15,14 @@ forwarded to QEMU-xen; the ratio is printed (bench/xen_trap.py gives its median 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from tests.harness.lab import XEN_GUEST_CONFIG, XenRun, require_xen_lab, show, xen_lab_run
 
 BOOT_TIMEOUT = 480  # one Linux boot under nested TCG: 2-3 min on an idle 2-core host
-pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(2 * BOOT_TIMEOUT + 180 + 300)]
+pytestmark = [pytest.mark.guest, pytest.mark.xen, pytest.mark.timeout(2 * (2 * BOOT_TIMEOUT + 180 + 300))]
 
 PMEM = 32 << 20
 LABEL_SIZE = 2 << 20
@@ -80,9 +81,7 @@ echo "=== patterns"; dd if=/dev/$dev bs=4096 skip={SEEK_BLOCKS} count=2 2>/dev/n
 {TRAP_COST}{ACPI_PROBLEMS}"""
 
 
-@pytest.fixture(scope="module")
-def xen_run(request, tmp_path_factory) -> XenRun:
-    require_xen_lab("ndctl")
+def one_run(request, tmp_path_factory) -> tuple[XenRun, Path]:
     work = tmp_path_factory.mktemp("xenlab")
     for name in ("nv0.img", "nv1.img"):
         with (work / name).open("wb") as f:
@@ -92,6 +91,25 @@ def xen_run(request, tmp_path_factory) -> XenRun:
     (work / "second.sh").write_text(SECOND)
     run = xen_lab_run(request, work, "xen lab", ["--dsm-modes", "ram,mmio", "--again", str(work / "second.sh"),
                                                  str(work / "first.sh")], boots=2, boot_timeout=BOOT_TIMEOUT)
+    return run, work
+
+
+def guest_triple_fault(work: Path) -> str:
+    """Xen's line for a guest that triple-faulted in this run, or ""."""
+    dmesg = work / "out" / "xl-dmesg.log"
+    lines = dmesg.read_text(errors="replace").splitlines() if dmesg.exists() else []
+    return next((line for line in lines if "Triple fault" in line), "")
+
+
+@pytest.fixture(scope="module")
+def xen_run(request, tmp_path_factory) -> XenRun:
+    require_xen_lab("ndctl")
+    run, work = one_run(request, tmp_path_factory)
+    if triple_fault := guest_triple_fault(work):
+        # Seen once in seven runs (first guest, mid `read-labels`, pmemd's log clean): a nested-TCG
+        # guest crash not yet explained. It is shown, and the whole run is made once more, anew.
+        show(request, [f"[xen lab] a guest triple-faulted; one more run: {triple_fault}"])
+        run, work = one_run(request, tmp_path_factory)
     lines = []
     for boot, mode in enumerate(("ram", "mmio")):
         cost = dict(re.findall(r"(\w+_us) ([\d.]+)", run.consoles[boot]))
