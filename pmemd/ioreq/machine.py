@@ -140,6 +140,56 @@ def buffer_span(req: IoRequest) -> tuple[int, int] | None:
     return (lo, hi) if lo < hi <= MASK64 + 1 else None
 
 
+@dataclass(frozen=True, slots=True)
+class SingleAccess:
+    """One kind of single access (count 1, the value in the slot), ready to run: nearly every
+    request is one, so the server finds it with one table lookup on the raw slot fields instead
+    of decoding an `IoRequest` and checking it with `malformed` (~5 µs of Python natively, a
+    tenth of a trap's round trip in a nested dom0)."""
+
+    kind: str
+    size: int
+    mask: int
+    read: Callable[[int, int], int] | None  # set for reads
+    write: Callable[[int, int, int], None] | None  # set for writes
+    completes: bool  # `needs_completion`: the guest takes `data` back
+
+    def run(self, addr: int, data: int) -> int:
+        """The slot's new `data` (`execute` for this request); device errors propagate."""
+        if self.read is not None:
+            return self.read(addr, self.size) & self.mask
+        assert self.write is not None
+        self.write(addr, self.size, data & self.mask)
+        return data
+
+    def unhandled(self, data: int) -> int:
+        """`unhandled_result`: all-ones for a read, `data` unchanged for a write."""
+        return self.mask if self.read is not None else data
+
+
+# The bits that pick a single access's handler: direction and data_is_ptr (state is READY
+# when looked up; df does not matter for one item).
+SINGLE_BITS = abi.DIR_BIT | abi.DATA_IS_PTR_BIT
+
+
+def single_accesses(device: Device) -> dict[tuple[int, int, int], SingleAccess]:
+    """Every well-formed single PIO or MMIO access to `device`, keyed by the slot's
+    (type, size, bits & SINGLE_BITS); a count-1 slot whose key is absent takes the general path
+    (`malformed`, `execute`)."""
+    table: dict[tuple[int, int, int], SingleAccess] = {}
+    for type_, sizes, read, write in (
+        (abi.IOREQ_TYPE_PIO, (1, 2, 4), device.port_read, device.port_write),
+        (abi.IOREQ_TYPE_COPY, VALID_SIZES, device.mmio_read, device.mmio_write),
+    ):
+        for size in sizes:
+            for dir_, bits in ((abi.IOREQ_READ, abi.DIR_BIT), (abi.IOREQ_WRITE, 0)):
+                reads = dir_ == abi.IOREQ_READ
+                table[type_, size, bits] = SingleAccess(
+                    _KINDS[type_, dir_, False], size, all_ones(size), read if reads else None,
+                    None if reads else write, reads or type_ != abi.IOREQ_TYPE_PIO)
+    return table
+
+
 def execute(req: IoRequest, device: Device, memory: GuestMemory) -> int:
     """Perform a well-formed PIO or MMIO request; return the slot's new `data`.
 
