@@ -28,15 +28,20 @@ MODES = ("ram", "mmio")
 
 
 def waits(daemon_log: Path) -> dict[str, int]:
-    """How the DSM server's event channel waited (the busiest channel's `event channel closed`)."""
-    best: dict[str, int] = {}
+    """How the DSM server got its requests: its event channel's waits (the busiest channel's
+    `event channel closed`) and the requests found by watching the slot (the busiest server's
+    `ioreq server torn down`)."""
+    channel: dict[str, int] = {}
+    watched = 0
     for line in daemon_log.read_text(errors="replace").splitlines():
         if '"event channel closed"' in line:
             event = json.loads(line)
             counts = {k: event[k] for k in ("parked", "caught", "missed")}
-            if sum(counts.values()) > sum(best.values()):
-                best = counts
-    return best
+            if sum(counts.values()) > sum(channel.values()):
+                channel = counts
+        elif '"ioreq server torn down"' in line:
+            watched = max(watched, json.loads(line).get("watched", 0))
+    return {**channel, "watched": watched}
 
 
 def one_run(work: Path) -> dict[str, dict[str, int]]:
@@ -63,7 +68,8 @@ def main() -> None:
             ratios[mode].append(ratio)
             print(f"run {n + 1} {mode:4s}: trap pmemd {per['pmemd_port_reads']:>9} cycles, QEMU-xen "
                   f"{per['qemu_pcicfg_reads']:>9} cycles ({ratio:.2f}x); _DSM call {per['dsm_calls']} cycles; "
-                  f"events parked/caught/missed {per.get('parked')}/{per.get('caught')}/{per.get('missed')}", flush=True)
+                  f"requests watched {per.get('watched')}, events parked/caught/missed "
+                  f"{per.get('parked')}/{per.get('caught')}/{per.get('missed')}", flush=True)
     for mode in MODES:
         median = statistics.median(ratios[mode])
         print(f"median over {runs} runs, {mode}: pmemd/QEMU-xen {median:.2f}x "

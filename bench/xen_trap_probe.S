@@ -2,12 +2,15 @@
 # firmware_override): no hvmloader, no Linux, so a run reaches pmemd in seconds instead of the
 # minutes QEMU-xen's fw_cfg needs to load a kernel under nested TCG. With rdtsc it times N `_DSM`
 # calls (function 0, NFIT handle 2, through the ram-mode DSM page pmemd populates at 0xFBFFF000
-# and a notify write), N reads of pmemd's notify port and N PCI config reads (0xcfc after
-# latching 0xcf8), which Xen forwards to QEMU-xen; prints the cycle counts on COM1 and halts.
+# and a notify write), then N reads of pmemd's notify port and N PCI config reads (0xcfc after
+# latching 0xcf8, which Xen forwards to QEMU-xen) in interleaved rounds; prints the cycle counts
+# on COM1 and halts.
 # Build: as --32 -o probe.o xen_trap_probe.S && ld -m elf_i386 -N -Ttext=0x100000 -e _start -o probe.elf probe.o
 .code32
 .globl _start
 .set N, 400
+.set ROUNDS, 4
+.set M, 100  # ROUNDS x M = N; a round is a loop long enough for its steady state
 .set PAGE, 0xFBFFF000
 .set NOTIFY, 0xA18
 .text
@@ -43,31 +46,48 @@ _start:
     call puthex
     mov $'\n', %al
     call putc
-    # -- N reads of pmemd's notify port
-    rdtsc
+    # -- pmemd vs QEMU-xen, interleaved so that the host's noise falls on both alike: ROUNDS
+    # rounds of M reads of pmemd's notify port then M PCI config reads (0xcfc, host bridge
+    # latched in 0xcf8 once; Xen keeps the latch, the notify port does not touch it), which Xen
+    # forwards to QEMU-xen. Each side's cycles add up in tp / tq.
+    mov $0xcf8, %dx
+    mov $0x80000000, %eax
+    out %eax, %dx
+    mov $ROUNDS, %edi
+7:  rdtsc
     mov %eax, t0
     mov %edx, t0+4
-    mov $N, %ebx
+    mov $M, %ebx
     mov $NOTIFY, %dx
 2:  in %dx, %eax
     dec %ebx
     jnz 2b
     call elapsed
-    mov $m_pmemd, %esi
-    call report
-    # -- N PCI config reads (0xcf8 latched: host bridge), forwarded by Xen to QEMU-xen
-    mov $0xcf8, %dx
-    mov $0x80000000, %eax
-    out %eax, %dx
+    add %eax, tp
+    adc %edx, tp+4
     rdtsc
     mov %eax, t0
     mov %edx, t0+4
-    mov $N, %ebx
+    mov $M, %ebx
     mov $0xcfc, %dx
 3:  in %dx, %eax
     dec %ebx
     jnz 3b
     call elapsed
+    add %eax, tq
+    adc %edx, tq+4
+    dec %edi
+    jnz 7b
+    mov tp, %eax
+    mov %eax, t1
+    mov tp+4, %eax
+    mov %eax, t1+4
+    mov $m_pmemd, %esi
+    call report
+    mov tq, %eax
+    mov %eax, t1
+    mov tq+4, %eax
+    mov %eax, t1+4
     mov $m_qemu, %esi
     call report
     mov $m_exit, %esi
@@ -140,3 +160,5 @@ m_exit:  .asciz "pmemd-lab: exit 0\n"
 .bss
 t0: .quad 0
 t1: .quad 0
+tp: .quad 0
+tq: .quad 0

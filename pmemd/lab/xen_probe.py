@@ -2,7 +2,8 @@
 
 It prints `pmemd-probe: WHAT N cycles 0xHEX` lines on its console for N `_DSM` calls
 (`dsm_calls`), N reads of pmemd's notify port (`pmemd_port_reads`) and N PCI config reads
-that Xen forwards to QEMU-xen (`qemu_pcicfg_reads`).
+that Xen forwards to QEMU-xen (`qemu_pcicfg_reads`), the last two in interleaved rounds so that
+a burst of host load slows both alike.
 """
 
 from __future__ import annotations

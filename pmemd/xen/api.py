@@ -68,7 +68,17 @@ class EventChannel(ABC):
 
     @abstractmethod
     async def pending(self) -> list[int]:
-        """Wait until at least one local port fired; return all that did (already unmasked)."""
+        """Wait until at least one local port fired; return all that did. They may stay masked
+        (no further event on them) until `unmask`."""
+
+    def next_in_burst(self) -> list[int]:
+        """The ports that fire within a short window after the last batch was served, without
+        a trio checkpoint (a burst of traps then costs no scheduler pass per trap); [] when none
+        did. By default no burst path."""
+        return []
+
+    def unmask(self, ports: list[int]) -> None:  # noqa: B027 - by default ports never mask
+        """Let `ports`, returned by `pending` or `next_in_burst`, fire again."""
 
     @abstractmethod
     def notify(self, local_port: int) -> None:

@@ -47,6 +47,7 @@ class XenEventChannel(EventChannel):
         self.fd = self.f["xenevtchn_fd"](self.handle)
         self.bound: set[int] = set()
         self.events = EventFd(self.fd)
+        self._notify = self.f["xenevtchn_notify"]
 
     async def bind_interdomain(self, remote_port: int) -> int:
         port = check(self.f["xenevtchn_bind_interdomain"](self.handle, self.domid, remote_port),
@@ -65,8 +66,15 @@ class XenEventChannel(EventChannel):
             raise trio.ClosedResourceError("event channel closed")
         return await self.events.pending()
 
+    def next_in_burst(self) -> list[int]:
+        return self.events.next_in_burst() if self.handle is not None else []
+
+    def unmask(self, ports: list[int]) -> None:
+        if self.handle is not None:
+            self.events.unmask(ports)
+
     def notify(self, local_port: int) -> None:
-        check(self.f["xenevtchn_notify"](self.handle, local_port), "xenevtchn_notify")
+        check(self._notify(self.handle, local_port), "xenevtchn_notify")
 
     def close(self) -> None:
         if self.handle is not None:
