@@ -324,34 +324,38 @@ def _xen_lab(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     """After a daemon died (SIGKILL, crash) on real Xen: disable the ioreq servers it recorded in
-    xenstore, so the guest's accesses go to QEMU-xen (a `_DSM` call then ends with a status
-    instead of a vCPU blocked on a dead server), and mark the state `error` / `daemon-died`.
-    A restarted `pmemd run` adopts and re-enables them. The systemd unit's ExecStopPost."""
+    xenstore, so the guest's accesses go to QEMU-xen, complete the requests the dead daemon left
+    in them as unhandled (a `_DSM` call then ends with a status instead of a vCPU blocked on a
+    dead server), and mark the state `error` / `daemon-died`. A restarted `pmemd run` adopts and
+    re-enables them. The systemd unit's ExecStopPost."""
     import trio
 
     from pmemd.daemon import state_key
+    from pmemd.ioreq.stranded import complete_stranded
     from pmemd.xen.backends import connect_hypervisor
 
     cfg = _load_config(args)
 
-    async def release() -> dict[str, int]:
+    async def release() -> tuple[dict[str, int], dict[str, int]]:
+        completed: dict[str, int] = {}
         async with state_key.open_daemon_client(cfg.xen.xenstore) as xs:
             servers = await state_key.recorded_servers(xs, cfg.domid)
             hv = await connect_hypervisor(cfg.xen.hypervisor, cfg.domid)
             try:
-                for server in servers.values():
-                    await hv.set_ioreq_server_state(server, False)
+                for name, server in servers.items():
+                    await hv.set_ioreq_server_state(server, False)  # first: nothing new arrives
+                    completed[name] = await complete_stranded(hv, server)
             finally:
                 await hv.aclose()
             await state_key.write_state(xs, cfg.domid, state_key.ERROR, "daemon-died")
-        return servers
+        return servers, completed
 
     try:
-        servers = trio.run(release)
+        servers, completed = trio.run(release)
     except Exception as e:
         print(f"pmemd: release failed: {_first_error(e)}", file=sys.stderr)
         return 1
-    print(json.dumps({"domid": cfg.domid, "disabled_ioreq_servers": servers}))
+    print(json.dumps({"domid": cfg.domid, "disabled_ioreq_servers": servers, "completed_requests": completed}))
     return 0
 
 
