@@ -5,11 +5,16 @@ Unlike QEMU's page (which makes the AML store a fixed 4084-byte field on every c
 this layout carries the input length, so the AML touches only the bytes a call needs:
 
 request (written by the AML)            reply (written by the device model)
-  0x00 u32 handle   } one QWORD write     0x00 u32 length of the reply, counting itself
-  0x04 u32 revision }                     0x04 ...  payload (length - 4 bytes)
+  0x00 u32 revision } one QWORD write     0x00 u32 length of the reply, counting itself
+  0x04 u32 handle   }                     0x04 ...  payload (length - 4 bytes)
   0x08 u32 function } one QWORD write
   0x0C u32 input length
   0x10 ...  input bytes, QWORD accesses
+
+The revision comes first because a call nobody answers (a dead device model, an unclaimed
+page) reads its own request back as the reply: the length word is then the revision, 1 for
+every `_DSM` family Linux uses, which is below the shortest reply, so the AML returns a
+hardware-error status. (With the NFIT handle there, DIMM 4 onwards would pass for a reply.)
 
 The reply header is read as one QWORD at 0 (length plus the first four payload bytes),
 the rest of the payload as QWORDs from 0x08. Variable-length data moves in chunks of
@@ -33,7 +38,7 @@ QWORD = 8
 
 # Request layout.
 HEADER_OFFSET = 0x00
-HEADER_SIZE = 16  # handle, revision, function, input length
+HEADER_SIZE = 16  # revision, handle, function, input length
 INPUT_OFFSET = 0x10
 MAX_INPUT = PAGE_SIZE - INPUT_OFFSET  # 4080 bytes
 
@@ -63,8 +68,8 @@ ROOT_HANDLE = 0
 INTEL_BUS_HANDLE = 0xFFFFFFFF  # the root's _DSM with the Intel bus family UUID (no DIMM uses it)
 
 DsmRequestHeader = Struct(
-    "handle" / Int32ul,
     "revision" / Int32ul,
+    "handle" / Int32ul,
     "function" / Int32ul,
     "input_length" / Int32ul,
 )

@@ -99,8 +99,8 @@ SSDT_TABLE_ID = "NVDIMM"
 ROOT_DEVICE = "NVDR"
 ROOT_HID = "ACPI0012"
 
-# Buffer fields over HBUF, in DsmRequestHeader order: handle, revision, function, length.
-HEADER_FIELDS = ("HHDL", "HREV", "HFUN", "HLEN")
+# Buffer fields over HBUF, in DsmRequestHeader order: revision, handle, function, length.
+HEADER_FIELDS = ("HREV", "HHDL", "HFUN", "HLEN")
 
 
 def status_buffer(status: int) -> Buffer:
@@ -124,7 +124,7 @@ def _ncal(dsm: DsmPage) -> Method:
         Store(SizeOf(inp), in_len),
         If(LGreater(in_len, page.MAX_INPUT), Return(status_buffer(page.STATUS_INVALID_INPUT))),
     ]
-    for field_name, value in zip(HEADER_FIELDS, (handle, rev, fn, in_len)):
+    for field_name, value in zip(HEADER_FIELDS, (rev, handle, fn, in_len)):
         body.append(Store(value, Path(field_name)))
     body.append(Store(Path("HBUF"), Path(page.FIELD_HEADER)))
     body.append(Store(ShiftRight(Add(in_len, page.QWORD - 1), 3), in_qwords))

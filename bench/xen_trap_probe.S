@@ -19,13 +19,13 @@ _start:
     mov $0x200000, %esp
     mov $m_start, %esi
     call puts
-    # -- N DSM calls: function 0 on NFIT handle 2 (slot 1)
+    # -- N DSM calls: revision 1, function 0 on NFIT handle 2 (slot 1)
     rdtsc
     mov %eax, t0
     mov %edx, t0+4
     mov $N, %ebx
-1:  movl $2, PAGE
-    movl $1, PAGE+4
+1:  movl $1, PAGE
+    movl $2, PAGE+4
     movl $0, PAGE+8
     movl $0, PAGE+12
     mov $NOTIFY, %dx

@@ -1,7 +1,7 @@
 """The NVDIMM SSDT, checked by ACPICA: iasl decodes it cleanly, acpiexec runs every method.
 
 acpiexec's simulated memory echoes what was written, so a DSM call's reply length reads
-back as the handle just written; NCAL called directly with a chosen handle therefore
+back as the revision just written; NCAL called directly with a chosen revision therefore
 exercises every reply length. Every trace is compared with the DSM page's access plan,
 the same plan the simulated guest replays.
 """
@@ -71,9 +71,10 @@ CALLS: dict[str, tuple[str, ...]] = {
     "wrong_uuid_fn5": (f"{NV00}._DSM", uuid_arg(ROOT_UUID), "1", "5", "[ ]"),
     "integer_uuid": (f"{NV00}._DSM", "5", "1", "3", "[ ]"),
     "wrong_revision": (f"{NV00}._DSM", INTEL, "7", "1", "[ ]"),
-    **{f"reply_{n}": (f"{ROOT}.NCAL", "0x11223344", "7", buffer_arg(bytes(19)), str(n)) for n in REPLY_LENGTHS},
-    **{f"bad_reply_{n}": (f"{ROOT}.NCAL", "1", "0", "(00)", str(n)) for n in BAD_REPLY_LENGTHS},
-    "label_read_4k": (f"{ROOT}.NCAL", "1", "5", buffer_arg(bytes(8)), str(page.PAGE_SIZE)),
+    "unanswered_handle_11": ("\\_SB.NVDR.NV0A._DSM", INTEL, "1", "0", "[ ]"),
+    **{f"reply_{n}": (f"{ROOT}.NCAL", str(n), "7", buffer_arg(bytes(19)), "0x11223344") for n in REPLY_LENGTHS},
+    **{f"bad_reply_{n}": (f"{ROOT}.NCAL", str(n), "0", "(00)", "1") for n in BAD_REPLY_LENGTHS},
+    "label_read_4k": (f"{ROOT}.NCAL", str(page.PAGE_SIZE), "5", buffer_arg(bytes(8)), "1"),
     "lsi": (f"{NV00}._LSI",),
     "lsr": (f"{NV00}._LSR", "0x100", "0x80"),
     "lsw": (f"{NV00}._LSW", "0", "16", buffer_arg(bytes(range(16)))),
@@ -197,8 +198,14 @@ def test_wrong_revision_goes_to_the_device_model(results: Results) -> None:
 
 
 def test_reply_length_below_four_yields_hardware_error(results: Results) -> None:
-    # acpiexec echoes the header: the reply length reads back as the handle (1 for NV00).
+    # acpiexec echoes the header: the reply length reads back as the revision (1).
     assert results["dimm_fn0"].buffer() == page.STATUS_HARDWARE_ERROR.to_bytes(4, "little")
+
+
+def test_a_call_nobody_answers_ends_with_hardware_error_whatever_the_handle(results: Results) -> None:
+    # A dead device model leaves the request in the page (ram mode), as acpiexec echoes it: the
+    # reply head is the request's first QWORD, whose low word must never pass for a length.
+    assert results["unanswered_handle_11"].buffer() == page.STATUS_HARDWARE_ERROR.to_bytes(4, "little")
 
 
 @pytest.mark.parametrize("reply_length", REPLY_LENGTHS)
