@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the image")
     p.set_defaults(func=cmd_firmware_image)
 
-    p = sub.add_parser("release", help="after a daemon died on real Xen: disable its ioreq servers (ExecStopPost)")
+    p = sub.add_parser("release", help="after a daemon died on real Xen: disable its ioreq servers and complete "
+                                          "the requests left in them (ExecStopPost)")
     p.add_argument("--config", required=True, help="guest config (TOML)")
     p.add_argument("--domain", type=int, help="domain id (overrides the config's domid)")
     p.set_defaults(func=cmd_release)
