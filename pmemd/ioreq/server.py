@@ -241,10 +241,11 @@ class IoreqServer:
             data, completes = self._perform_single(single, addr, data), single.completes
         else:
             req = IoRequest.from_slot(slot)
-            if req.data_is_ptr and (span := buffer_span(req)) is not None:
+            reason = malformed(req)  # first: a malformed request maps no guest memory
+            if reason is None and req.data_is_ptr and (span := buffer_span(req)) is not None:
                 with trio.CancelScope(shield=True):
                     await memory.ensure(*span)
-            data, completes = self._perform(req, memory), needs_completion(req)
+            data, completes = self._perform(req, memory, reason), needs_completion(req)
         if completes:
             abi.DATA_STRUCT.pack_into(page, off + abi.DATA_OFFSET, data)
         bits = page[bits_off]
@@ -268,10 +269,10 @@ class IoreqServer:
             self.log.exception("device failed; access completed as unhandled", kind=access.kind, addr=addr)
             return access.unhandled(data)
 
-    def _perform(self, req: IoRequest, memory: MapCache) -> int:
-        """Run one request; never raises (malformed and failing requests complete unhandled)."""
+    def _perform(self, req: IoRequest, memory: MapCache, reason: str | None) -> int:
+        """Run one request (`reason`: why it is malformed, or None); never raises (malformed
+        and failing requests complete unhandled)."""
         counters = self._counters
-        reason = malformed(req)
         if reason is not None:
             counters.malformed += 1
             self.log.warning("malformed ioreq completed as unhandled", reason=reason, addr=req.addr, type=req.type)
