@@ -132,8 +132,10 @@ def item_address(base: int, i: int, size: int, df: bool) -> int:
 
 
 def buffer_span(req: IoRequest) -> tuple[int, int] | None:
-    """[lo, hi) of guest RAM a data_is_ptr request touches, or None (wrapping or no pointer)."""
-    if not req.data_is_ptr:
+    """[lo, hi) of guest RAM a data_is_ptr request touches, or None (wrapping, no pointer, or a
+    type that moves no data: only PIO and MMIO copy through a buffer; an invalidate or PCI
+    config request with the bit set has none to map)."""
+    if not req.data_is_ptr or req.type not in (abi.IOREQ_TYPE_PIO, abi.IOREQ_TYPE_COPY):
         return None
     last = item_address(req.data, req.count - 1, req.size, req.df)
     lo, hi = (last, req.data + req.size) if req.df else (req.data, last + req.size)

@@ -242,7 +242,7 @@ class IoreqServer:
         else:
             req = IoRequest.from_slot(slot)
             reason = malformed(req)  # first: a malformed request maps no guest memory
-            if reason is None and req.data_is_ptr and (span := buffer_span(req)) is not None:
+            if reason is None and (span := buffer_span(req)) is not None:
                 with trio.CancelScope(shield=True):
                     await memory.ensure(*span)
             data, completes = self._perform(req, memory, reason), needs_completion(req)

@@ -44,3 +44,16 @@ async def test_a_malformed_pointer_request_maps_no_guest_memory() -> None:
     assert await server._serve_slot(page, 0, 0, single_accesses(Quiet()), memory)
     assert hv.mapped == [] and server.statistics().malformed == 1
     assert page[abi.BITS_OFFSET] & abi.STATE_MASK == abi.STATE_IORESP_READY
+
+
+async def test_an_invalidate_with_the_pointer_bit_maps_no_guest_memory() -> None:
+    # found by the ioreq fuzz target: the mapcache walked a buffer of 2^32 items of ~4 GiB
+    hv = Mappings()
+    server = IoreqServer(hv, Quiet(), [])  # type: ignore[arg-type]
+    page = memoryview(bytearray(abi.PAGE_SIZE))
+    bits = abi.make_bits(abi.STATE_IOREQ_READY, dir=abi.IOREQ_WRITE, data_is_ptr=True)
+    page[: abi.IOREQ_SIZE] = abi.SLOT_STRUCT.pack(0, 0x1000, 0xFEFF_FF00, 0xFBF7_FFFF, 7, 0, bits,
+                                                  abi.IOREQ_TYPE_INVALIDATE)
+    memory = MapCache(hv, [(0, 1 << 30)])  # type: ignore[arg-type]
+    assert await server._serve_slot(page, 0, 0, single_accesses(Quiet()), memory)
+    assert hv.mapped == [] and server.statistics().by_kind["invalidate"] == 1
