@@ -207,11 +207,6 @@ def execute(req: IoRequest, device: Device, memory: GuestMemory) -> int:
     else:
         dev_read, dev_write, step = device.mmio_read, device.mmio_write, size
     addr, df = req.addr, req.df
-    if req.count == 1 and not req.data_is_ptr:  # nearly every request: one access, value in the slot
-        if req.is_read:
-            return dev_read(addr, size) & mask
-        dev_write(addr, size, req.data & mask)
-        return req.data
     if not req.data_is_ptr:
         if req.is_read:
             value = 0

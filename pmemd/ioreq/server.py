@@ -204,20 +204,21 @@ class IoreqServer:
             ports, sweep = sweep or await evtchn.pending(), []
             masked, streak = ports, 0
             while ports:
-                served = None
+                served, served_off = None, 0  # the last port served, and its slot
                 for port in ports:
                     vcpu = vcpu_of_port.get(port)
                     if vcpu is None:
                         counters.unknown_ports += 1  # QEMU aborts; we log and carry on
                         self.log.error("event on a port we did not bind", port=port)
                         continue
-                    if await self._serve_slot(page, vcpu * abi.IOREQ_SIZE, vcpu, singles, memory):
+                    off = vcpu * abi.IOREQ_SIZE
+                    if await self._serve_slot(page, off, vcpu, singles, memory):
                         evtchn.notify(port)
-                        served = port
+                        served, served_off = port, off
                 streak += 1
                 if streak >= BURST_BUDGET:
                     break
-                if served is not None and watch_slot(page, vcpu_of_port[served] * abi.IOREQ_SIZE, WATCH_READS):
+                if served is not None and watch_slot(page, served_off, WATCH_READS):
                     counters.watched += 1
                     ports = [served]  # its port is still masked: served without an event
                     continue
