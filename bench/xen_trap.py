@@ -4,9 +4,9 @@
 
 Each run is one `pmemd lab --xen` with the bare probe guest (bench/xen_trap_probe.S) booted
 twice on the same backing files, DSM page `ram` then `mmio`. In each boot the guest times 400
-reads of pmemd's notify port (a trap served by pmemd in dom0) and 400 PCI config reads that Xen
-forwards to QEMU-xen (a trap served by QEMU-xen in the same dom0), plus 400 `_DSM` calls, in TSC
-cycles. The ratio pmemd/QEMU-xen is printed per run and as the median over runs: the host's load
+`_DSM` calls, then 400 reads of pmemd's notify port (a trap served by pmemd in dom0) and 400 PCI
+config reads that Xen forwards to QEMU-xen (a trap served by QEMU-xen in the same dom0) in four
+interleaved rounds of 100 each, in TSC cycles. The ratio pmemd/QEMU-xen is printed per run and as the median over runs: the host's load
 moves both figures a lot from run to run (shared TCG cores), the median less.
 """
 
